@@ -1,0 +1,156 @@
+"""The Quatrix language model: token + position embeddings, pre-norm Q-Compass blocks,
+final LayerNorm and a head tied to the token embedding (DESIGN.md §2). Image and audio
+tokens from the encoders are prepended to the text; the loss covers text only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from quatrix.audio import QuatrixAudio
+from quatrix.blocks import QuatrixBlock, init_weights
+from quatrix.config import QuatrixConfig
+from quatrix.qcompass import routing_mask
+from quatrix.validation import check_labels, check_same_shape, check_token_ids
+from quatrix.vision import QuatrixVision
+from quatrix.world import QuatrixWorld
+
+
+class QuatrixLM(nn.Module):
+    def __init__(self, config: QuatrixConfig):
+        super().__init__()
+        if not isinstance(config, QuatrixConfig):
+            raise ValueError(f"QuatrixLM needs a QuatrixConfig, got {type(config).__name__}")
+        self.config = config
+        H = config.hidden_size
+        self.token_emb = nn.Embedding(config.vocab_size, H)
+        self.pos_emb = nn.Embedding(config.max_seq_len, H)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(QuatrixBlock(config) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(H)
+        self.head = nn.Linear(H, config.vocab_size, bias=False)
+        init_weights(self, config.num_layers)
+        if config.tie_embeddings:
+            self.head.weight = self.token_emb.weight
+        self.vision = QuatrixVision(config) if config.use_vision else None
+        self.audio = QuatrixAudio(config) if config.use_audio else None
+        self.world = QuatrixWorld(config) if config.use_world_model else None
+
+    @property
+    def cfg(self) -> QuatrixConfig:
+        """Alias used by the original package."""
+        return self.config
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        mel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        loss_reduction: str = "mean",
+    ) -> dict[str, Tensor | None]:
+        """Next-token language model over [image tokens][audio tokens][text tokens].
+
+        input_ids: [B, L] token ids. labels: [B, L] (-100 = ignored); the loss at position t
+        predicts labels[t + 1]. attention_mask: [B, L], 1 for real tokens, 0 for (left)
+        padding; positions then count real tokens only. pixel_values: [B, C, S, S] images;
+        mel_values: [B, n_mels, F] log-mel (or [B, 1, n_mels, F]) or [B, T] waveforms.
+        Returns {"logits": [B, L, V] (text positions only), "loss": scalar, or [B, L-1] per
+        token with loss_reduction="none" (0 where ignored), or None without labels}.
+        """
+        cfg = self.config
+        check_token_ids("input_ids", input_ids, cfg.vocab_size, cfg.max_seq_len)
+        if loss_reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
+        B, L = input_ids.shape
+        prefix = self.encode_prefix(B, pixel_values, mel_values)  # [B, P, H]
+        x, mask = self.embed(input_ids, attention_mask, prefix)
+        x = self.run_blocks(x, mask)
+        logits = self.head(self.norm(x[:, x.shape[1] - L :]))  # [B, L, V]
+        loss = None
+        if labels is not None:
+            check_labels(labels, input_ids, cfg.vocab_size)
+            loss = next_token_loss(logits, labels, loss_reduction)
+        return {"logits": logits, "loss": loss}
+
+    def encode_prefix(self, batch: int, pixel_values: Tensor | None, mel_values: Tensor | None) -> Tensor | None:
+        """Image then audio tokens, each [B, n, H], concatenated; None if neither is given."""
+        parts = []
+        if pixel_values is not None:
+            if self.vision is None:
+                raise ValueError("pixel_values given but this model has no vision encoder (use_vision=False)")
+            parts.append(self.vision(pixel_values))
+        if mel_values is not None:
+            if self.audio is None:
+                raise ValueError("mel_values given but this model has no audio encoder (use_audio=False)")
+            parts.append(self.audio(mel_values))
+        for part in parts:
+            if part.shape[0] != batch:
+                raise ValueError(f"image/audio batch size {part.shape[0]} does not match input_ids batch size {batch}")
+        return torch.cat(parts, dim=1) if parts else None
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None, prefix: Tensor | None):
+        """Token + position embeddings after the prefix, and the routing mask (None if unpadded)."""
+        B, L = input_ids.shape
+        if attention_mask is None:
+            positions = torch.arange(L, device=input_ids.device).expand(B, L)
+        else:
+            check_same_shape("attention_mask", attention_mask, input_ids, "input_ids")
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]: real tokens count
+        x = self.token_emb(input_ids) + self.pos_emb(positions)  # [B, L, H]
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # [B, P + L, H]
+        mask = None
+        if attention_mask is not None:
+            keys = attention_mask.bool()
+            if prefix is not None:
+                keys = torch.cat([keys.new_ones(B, prefix.shape[1]), keys], dim=1)
+            mask = routing_mask(keys, causal=True)  # [B, 1, P + L, P + L]
+        return self.drop(x), mask
+
+    def run_blocks(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        recompute = self.config.use_gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            x = checkpoint(block, x, mask, use_reentrant=False) if recompute else block(x, mask)
+        return x
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json + model.safetensors into `directory`, each atomically."""
+        from quatrix.checkpoint import save_model
+
+        save_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "QuatrixLM":
+        from quatrix.checkpoint import load_model
+
+        return load_model(directory, map_location=map_location)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def next_token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits[:, t] against labels[:, t + 1], ignore_index=-100, in fp32.
+
+    reduction="none" returns [B, L-1] per-token losses (0 at ignored positions), the form
+    RL stages use for per-token log-probabilities.
+    """
+    V = logits.shape[-1]
+    targets = labels[:, 1:]
+    per_token = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, V), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(targets)  # [B, L-1]
+    if reduction == "none":
+        return per_token
+    if reduction == "sum":
+        return per_token.sum()
+    return per_token.sum() / (targets != -100).sum().clamp(min=1)

@@ -1,0 +1,295 @@
+"""Q-Compass: attention without a value projection (DESIGN.md §1).
+
+For a normed input x of shape [B, L, H]:
+
+    state  = x @ W_s                     # [B, L, r]   "where am I?"
+    action = x @ W_a                     # [B, L, r]   "where can I go?"
+    Q      = state @ action^T / sqrt(r)  # [B, L, L]   causal mask for text, none for images
+    out    = W_o(softmax(Q) @ x)         # the content gathered is x itself: no W_V
+
+Variants, all in this one module:
+  * Q-Compass-Bi: the same computation without the causal mask (`QCompassBi`).
+  * multi-head (h heads): r and H are split into h groups; head k routes with its own
+    r/h slice of state/action and gathers its own H/h slice of x; scale sqrt(r/h).
+  * SAVO (`q_value_content=True`): the content is each token's own Q-value
+    qval = state * action in R^r, projected by W_c in R^{r x H}. The gather is linear, so
+    softmax(Q) @ (qval @ W_c) == (softmax(Q) @ qval) @ W_c: we gather in rank r and only
+    then apply W_c (and W_o, folded into one r x H matrix). Exact, and far cheaper.
+
+Two interchangeable implementations of the routing + gather (`route`): the fused
+`F.scaled_dot_product_attention` kernel and a plain matmul/softmax path. `QCompass.forward_reference`
+is the literal formula above (H-wide gather, W_c then W_o), kept as the oracle for tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+IMPLS = ("auto", "sdpa", "matmul", "chunked")
+
+
+def route(
+    state: Tensor,
+    action: Tensor,
+    content: Tensor,
+    *,
+    causal: bool,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+) -> Tensor:
+    """softmax(state @ action^T / sqrt(d) [+ mask]) @ content.
+
+    state, action: [B, h, Lq, d]; content: [B, h, Lk, dv]; returns [B, h, Lq, dv].
+    `mask` is a complete boolean routing mask broadcastable to [B, h, Lq, Lk] (True = may
+    route there; causality already folded in); when it is None, `causal` applies the
+    usual lower-triangular mask. Every query must be allowed at least one key.
+    """
+    if impl == "auto":
+        impl = _pick_impl(state, content)
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(
+            state, action, content,
+            attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None,
+            scale=1.0 / math.sqrt(state.shape[-1]),
+        )
+    if impl == "matmul" or (impl == "chunked" and dropout_p > 0.0):
+        return _route_matmul(state, action, content, causal=causal, mask=mask, dropout_p=dropout_p)
+    if impl == "chunked":
+        return _ChunkedRoute.apply(state, action, content, mask, causal, _chunk_size(action))
+    raise ValueError(f"unknown Q-Compass impl {impl!r}; choose from {IMPLS}")
+
+
+def _route_matmul(state, action, content, *, causal, mask, dropout_p):
+    """The plain path: materialises the [B, h, Lq, Lk] routing matrix."""
+    scores = torch.matmul(state, action.transpose(-2, -1)) / math.sqrt(state.shape[-1])  # [B, h, Lq, Lk]
+    if mask is None and causal:
+        Lq, Lk = scores.shape[-2:]
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=scores.device).tril(Lk - Lq)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return torch.matmul(weights, content)  # [B, h, Lq, dv]
+
+
+def _pick_impl(state: Tensor, content: Tensor) -> str:
+    """Choose the exact path for this device and size (measured in benchmarks/mixer.py).
+
+    On CPU, the fused SDPA kernel is a flash kernel only when the value head is as wide as
+    the query head (SAVO, the attention baselines). For raw-x Q-Compass the value (H/h) is
+    wider than the routing width (r/h); SDPA then silently falls back to its math path and
+    materialises [B, h, L, L]. There the query-chunked path wins: it skips the key blocks
+    above the causal diagonal and keeps only [B, h, chunk, L] alive. On GPU the fused kernels
+    take unequal widths, so SDPA is used everywhere.
+    """
+    if state.device.type != "cpu" or content.shape[-1] == state.shape[-1]:
+        return "sdpa"
+    if state.shape[-2] <= _chunk_size(content):
+        return "matmul"
+    return "chunked"
+
+
+def _chunk_size(keys: Tensor) -> int:
+    """Query rows per block of the chunked path: the [B, h, chunk, Lk] block holds about 2^20
+    floats (cache-sized, so causal skipping pays), within [64, 512] rows for efficient GEMMs."""
+    rows = (1 << 20) // max(1, keys.shape[:-1].numel())  # B * h * Lk
+    return max(64, min(512, 1 << max(0, rows.bit_length() - 1)))
+
+
+class _ChunkedRoute(torch.autograd.Function):
+    """Routing + gather one block of queries at a time, flash-style (written here because
+    SDPA has no CPU kernel for value heads wider than query heads).
+
+    Forward keeps only the output and the per-row log-sum-exp; backward recomputes each
+    block's weights from them. Memory is O(chunk * L) instead of O(L^2), and with a causal
+    mask the keys after each block's last query are never touched.
+    """
+
+    @staticmethod
+    def forward(ctx, state, action, content, mask, causal, chunk):
+        scale = 1.0 / math.sqrt(state.shape[-1])
+        Lq = state.shape[-2]
+        out = content.new_empty(*state.shape[:-1], content.shape[-1])  # [B, h, Lq, dv]
+        lse = state.new_empty(state.shape[:-1])  # [B, h, Lq]
+        for s, e, kend in _blocks(Lq, action.shape[-2], chunk, causal and mask is None):
+            scores = _block_scores(state, action, mask, causal, s, e, kend, scale)  # [B, h, c, kend]
+            lse[..., s:e] = torch.logsumexp(scores, dim=-1)
+            weights = torch.exp(scores - lse[..., s:e, None])
+            out[..., s:e, :] = torch.matmul(weights, content[..., :kend, :])
+        ctx.save_for_backward(state, action, content, out, lse, mask)
+        ctx.causal, ctx.chunk, ctx.scale = causal, chunk, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        state, action, content, out, lse, mask = ctx.saved_tensors
+        causal, scale = ctx.causal, ctx.scale
+        d_state, d_action = torch.zeros_like(state), torch.zeros_like(action)
+        d_content = torch.zeros(content.shape, dtype=content.dtype, device=content.device)
+        delta = (d_out * out).sum(-1)  # [B, h, Lq]: rowsum(dO * O), the softmax backward term
+        for s, e, kend in _blocks(state.shape[-2], action.shape[-2], ctx.chunk, causal and mask is None):
+            scores = _block_scores(state, action, mask, causal, s, e, kend, scale)
+            weights = torch.exp(scores - lse[..., s:e, None])  # [B, h, c, kend]
+            d_o = d_out[..., s:e, :]  # [B, h, c, dv]
+            d_content[..., :kend, :] += torch.matmul(weights.transpose(-2, -1), d_o)
+            d_weights = torch.matmul(d_o, content[..., :kend, :].transpose(-2, -1))  # [B, h, c, kend]
+            d_scores = weights * (d_weights - delta[..., s:e, None]) * scale
+            d_state[..., s:e, :] = torch.matmul(d_scores, action[..., :kend, :])
+            d_action[..., :kend, :] += torch.matmul(d_scores.transpose(-2, -1), state[..., s:e, :])
+        return d_state, d_action, d_content, None, None, None
+
+
+def _blocks(Lq: int, Lk: int, chunk: int, skip_future: bool):
+    """(start, end, key_end) per query block; queries are the last Lq of Lk positions."""
+    offset = Lk - Lq
+    for s in range(0, Lq, chunk):
+        e = min(s + chunk, Lq)
+        yield s, e, (offset + e if skip_future else Lk)
+
+
+def _block_scores(state, action, mask, causal, s, e, kend, scale):
+    scores = torch.matmul(state[..., s:e, :], action[..., :kend, :].transpose(-2, -1)) * scale
+    if mask is not None:
+        return scores.masked_fill(~mask[..., s:e, :kend], float("-inf"))
+    if causal:
+        offset = action.shape[-2] - state.shape[-2]
+        allowed = torch.ones(e - s, kend, dtype=torch.bool, device=scores.device).tril(offset + s)
+        return scores.masked_fill(~allowed, float("-inf"))
+    return scores
+
+
+class QCompass(nn.Module):
+    """Causal Q-Compass sequence mixer (single- or multi-head, raw-x or SAVO content).
+
+    Parameter names (`state_proj`, `action_proj`, `content_proj`, `out_proj`) map one to one
+    onto the state dicts of the original `quatrix` package.
+    """
+
+    causal_default = True
+
+    def __init__(
+        self,
+        hidden_size: int,
+        q_rank: int,
+        num_heads: int = 1,
+        q_value_content: bool = False,
+        dropout: float = 0.0,
+        causal: bool | None = None,
+        impl: str = "auto",
+    ):
+        super().__init__()
+        if q_rank % num_heads or hidden_size % num_heads:
+            raise ValueError(
+                f"q_rank ({q_rank}) and hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})"
+            )
+        if impl not in IMPLS:
+            raise ValueError(f"unknown Q-Compass impl {impl!r}; choose from {IMPLS}")
+        self.hidden_size, self.q_rank, self.num_heads = hidden_size, q_rank, num_heads
+        self.q_value_content = q_value_content
+        self.causal = self.causal_default if causal is None else causal
+        self.dropout = dropout
+        self.impl = impl
+        self.state_proj = nn.Linear(hidden_size, q_rank, bias=False)  # W_s
+        self.action_proj = nn.Linear(hidden_size, q_rank, bias=False)  # W_a
+        if q_value_content:
+            self.content_proj = nn.Linear(q_rank, hidden_size, bias=False)  # W_c (SAVO only)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)  # W_o
+
+    def extra_repr(self) -> str:
+        kind = "SAVO" if self.q_value_content else "raw-x"
+        return f"H={self.hidden_size}, r={self.q_rank}, heads={self.num_heads}, content={kind}, causal={self.causal}"
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """state, action: [B, h, L, r/h], from one GEMM over the stacked W_s, W_a."""
+        B, L, _ = x.shape
+        h, d = self.num_heads, self.q_rank // self.num_heads
+        weight = torch.cat([self.state_proj.weight, self.action_proj.weight])  # [2r, H]
+        sa = F.linear(x, weight).view(B, L, 2, h, d)  # [B, L, 2, h, r/h]
+        sa = sa.permute(2, 0, 3, 1, 4)  # [2, B, h, L, r/h]
+        return sa[0], sa[1]
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None) -> Tensor:
+        """x: [B, L, H] (already normed) -> [B, L, H]. `mask`: see `route`."""
+        B, L, H = x.shape
+        h = self.num_heads
+        state, action = self.project(x)  # [B, h, L, r/h] each
+        p = self.dropout if self.training else 0.0
+        impl = impl or self.impl
+        if not self.q_value_content:
+            content = x.view(B, L, h, H // h).transpose(1, 2)  # [B, h, L, H/h]
+            gathered = route(state, action, content, causal=self.causal, mask=mask, dropout_p=p, impl=impl)
+            return self.out_proj(gathered.transpose(1, 2).reshape(B, L, H))
+        qval = self.q_values(state, action)  # [B, L, r]
+        # Each head's content slice (qval @ W_c)[:, head] depends on all r qval dims, so every
+        # head gathers the whole rank-r qval: [B, h, L, r].
+        content = qval.unsqueeze(1).expand(B, h, L, self.q_rank)
+        gathered = route(state, action, content, causal=self.causal, mask=mask, dropout_p=p, impl=impl)
+        return self.savo_output(gathered)
+
+    def q_values(self, state: Tensor, action: Tensor) -> Tensor:
+        """SAVO content before W_c: qval = state * action, heads concatenated -> [B, L, r]."""
+        B, h, L, d = state.shape
+        return (state * action).transpose(1, 2).reshape(B, L, h * d)
+
+    def savo_output(self, gathered: Tensor) -> Tensor:
+        """[B, h, L, r] rank-r gathers -> W_o(concat_k gathered_k @ W_c[head k]^T): [B, L, H]."""
+        B, h, L, r = gathered.shape
+        H = self.hidden_size
+        w_o = self.out_proj.weight.view(H, h, H // h)  # [H_out, h, H/h]
+        w_c = self.content_proj.weight.view(h, H // h, r)  # [h, H/h, r]
+        folded = torch.einsum("okc,kcr->okr", w_o, w_c).reshape(H, h * r)  # W_o·W_c per head: [H, h*r]
+        return F.linear(gathered.transpose(1, 2).reshape(B, L, h * r), folded, self.out_proj.bias)
+
+    def forward_reference(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The literal formula of DESIGN.md §1, with no restructuring (the test oracle).
+
+        Separate projections, explicit scores and softmax, content built at width H (for SAVO
+        qval @ W_c, then gathered per head slice), then W_o. Dropout is not applied.
+        """
+        B, L, H = x.shape
+        h, d = self.num_heads, self.q_rank // self.num_heads
+        state = self.state_proj(x).view(B, L, h, d).transpose(1, 2)  # [B, h, L, r/h]
+        action = self.action_proj(x).view(B, L, h, d).transpose(1, 2)  # [B, h, L, r/h]
+        q = torch.matmul(state, action.transpose(-2, -1)) / math.sqrt(d)  # [B, h, L, L]
+        if mask is None and self.causal:
+            mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+        if mask is not None:
+            q = q.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(q, dim=-1)
+        if self.q_value_content:
+            qval = (state * action).transpose(1, 2).reshape(B, L, self.q_rank)  # [B, L, r]
+            content = self.content_proj(qval)  # [B, L, H]
+        else:
+            content = x
+        content = content.view(B, L, h, H // h).transpose(1, 2)  # [B, h, L, H/h]
+        gathered = torch.matmul(weights, content)  # [B, h, L, H/h]
+        return self.out_proj(gathered.transpose(1, 2).reshape(B, L, H))
+
+
+class QCompassBi(QCompass):
+    """Q-Compass-Bi: the identical computation without the causal mask (images, audio, world)."""
+
+    causal_default = False
+
+
+def routing_mask(attention_mask: Tensor, causal: bool, query_len: int | None = None) -> Tensor:
+    """Boolean routing mask [B, 1, Lq, Lk] from a key padding mask [B, Lk] (1 = real token).
+
+    Queries are the last `query_len` positions (all of them by default). A query may route to
+    real keys (and, if causal, only earlier ones), and always to itself, so no row is empty:
+    padding positions produce finite, ignored outputs instead of NaNs.
+    """
+    B, Lk = attention_mask.shape
+    Lq = Lk if query_len is None else query_len
+    keys = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, Lk]
+    q_pos = torch.arange(Lk - Lq, Lk, device=attention_mask.device)[:, None]  # [Lq, 1]
+    k_pos = torch.arange(Lk, device=attention_mask.device)[None, :]  # [1, Lk]
+    allowed = keys & (k_pos <= q_pos) if causal else keys.expand(B, 1, Lq, Lk)
+    return allowed | (k_pos == q_pos)
