@@ -143,13 +143,14 @@ class QuatrixConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "QuatrixConfig":
-        path = Path(text_or_path)
-        if isinstance(text_or_path, Path) or (len(str(text_or_path)) < 4096 and path.is_file()):
+        """Parse JSON text (a string starting with "{"), or read a JSON file."""
+        if isinstance(text_or_path, str) and text_or_path.lstrip().startswith("{"):
+            text, where = text_or_path, "<string>"
+        else:
+            path = Path(text_or_path)
             if not path.is_file():
                 raise FileNotFoundError(f"config file not found: {path}")
             text, where = path.read_text(), str(path)
-        else:
-            text, where = str(text_or_path), "<string>"
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

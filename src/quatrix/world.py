@@ -5,14 +5,15 @@
   TransitionModel  [state tokens; action token] -> Q-Compass-Bi -> next state [B, S_tok, D].
                    It routes over a real sequence of S_tok + 1 tokens: routing over a single
                    token would be a no-op (softmax over one key is 1).
-  ActionHead       inverse dynamics: (state_t, state_t+1) -> action logits. Besides serving
-                   planning, its loss keeps the encoder from collapsing to a constant, which
-                   would make the MSE objective trivially zero.
+  ActionHead       inverse dynamics: (state_t, state_t+1) -> action logits: states must
+                   carry what the action changed.
   RewardHead       optional: (state_t, action, predicted state_t+1) -> reward.
 
 Training target: MSE between the predicted next state and a stop-gradient encoding of the
 next frame, always reported beside two baselines: predicting the batch-mean target state,
-and copying the current state.
+and copying the current state. With a stop-gradient target alone the encoder can collapse
+to a constant (MSE and both baselines then read 0), so the loss adds the inverse-dynamics
+cross-entropy and VICReg's variance hinge on the states.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class QuatrixWorld(nn.Module):
         """One transition batch. frames, next_frames: [B, C, S, S]; actions: [B] ints; rewards: [B].
 
         Returns state, pred_next_state, and (when the reward head exists) pred_reward; with
-        next_frames also target_state, action_logits, the losses (mse, action_ce, reward_mse,
-        loss = their sum) and the baseline MSEs mse_predict_mean and mse_copy_state.
+        next_frames also target_state, action_logits, the losses (mse, action_ce,
+        variance_hinge, reward_mse; loss = their sum) and the baseline MSEs mse_predict_mean and mse_copy_state.
         """
         check_tensor("actions", actions, ndims=(1,), floating=False)
         if actions.shape[0] != frames.shape[0] or not (0 <= int(actions.min()) and int(actions.max()) < self.num_actions):
@@ -114,7 +115,8 @@ class QuatrixWorld(nn.Module):
         out["mse"] = F.mse_loss(pred, target)
         out["action_logits"] = self.action_head(torch.cat([state.mean(1), next_state.mean(1)], dim=-1))
         out["action_ce"] = F.cross_entropy(out["action_logits"], actions)
-        loss = out["mse"] + out["action_ce"]
+        out["variance_hinge"] = variance_hinge(state) if state.shape[0] > 1 else state.new_zeros(())
+        loss = out["mse"] + out["action_ce"] + out["variance_hinge"]
         if rewards is not None and self.reward_head is not None:
             out["reward_mse"] = F.mse_loss(out["pred_reward"], rewards.to(out["pred_reward"].dtype))
             loss = loss + out["reward_mse"]
@@ -123,6 +125,13 @@ class QuatrixWorld(nn.Module):
             out["mse_predict_mean"] = F.mse_loss(target.mean(0, keepdim=True).expand_as(target), target)
             out["mse_copy_state"] = F.mse_loss(state.detach(), target)
         return out
+
+
+def variance_hinge(state: Tensor) -> Tensor:
+    """VICReg's variance term (Bardes et al., 2022): mean over features of relu(1 - std over
+    the batch). Zero while states are spread; grows as they collapse to one point."""
+    flat = state.flatten(1)  # [B, S_tok * D]
+    return F.relu(1.0 - torch.sqrt(flat.var(dim=0) + 1e-4)).mean()
 
 
 WorldModel = QuatrixWorld  # the original package's name

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from conftest import tiny_config
+from quatrix import QuatrixLM, load_legacy_state_dict
+from quatrix.checkpoint import atomic_path
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(q_value_content=True, use_vision=True), dict(tie_embeddings=False)])
+def test_round_trip_gives_identical_logits(tmp_path, overrides):
+    model = QuatrixLM(tiny_config(**overrides)).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = QuatrixLM.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config == model.config
+    ids = torch.randint(0, 97, (2, 9))
+    pixels = torch.randn(2, 3, 32, 32) if model.vision is not None else None
+    assert torch.equal(model(ids, pixel_values=pixels)["logits"], loaded(ids, pixel_values=pixels)["logits"])
+    if model.config.tie_embeddings:
+        assert loaded.head.weight is loaded.token_emb.weight
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+        QuatrixLM.from_pretrained(tmp_path / "nope")
+    QuatrixLM(tiny_config()).save_pretrained(tmp_path / "c")
+    weights = (tmp_path / "c" / "model.safetensors").read_bytes()
+    (tmp_path / "c" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
+        QuatrixLM.from_pretrained(tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match="not a valid Quatrix config"):
+        QuatrixLM.from_pretrained(tmp_path / "c")
+    (tmp_path / "c" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        QuatrixLM.from_pretrained(tmp_path / "c")
+
+
+def test_mismatched_config_names_the_tensors(tmp_path):
+    QuatrixLM(tiny_config()).save_pretrained(tmp_path / "c")
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    config["q_rank"] = 8
+    config["num_layers"] = 3
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match the model config: missing: blocks.2.*shape mismatch: "
+                                         "blocks.0.mixer.state_proj.weight"):
+        QuatrixLM.from_pretrained(tmp_path / "c")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def legacy_state_dict(model):
+    """Our weights under the original package's key names (`compass`, DDP prefix)."""
+    return {f"module.{k.replace('.mixer.', '.compass.')}": v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("overrides", [dict(use_vision=True), dict(q_value_content=True), dict(q_heads=4)])
+def test_legacy_state_dict_loads(tmp_path, overrides):
+    model = QuatrixLM(tiny_config(**overrides)).eval()
+    torch.save({"model": legacy_state_dict(model)}, tmp_path / "legacy.pt")
+    heads = {"q_heads": overrides["q_heads"]} if "q_heads" in overrides else {}
+    loaded = load_legacy_state_dict(tmp_path / "legacy.pt", **heads).eval()
+    fields = ["vocab_size", "hidden_size", "num_layers", "max_seq_len", "q_rank", "q_value_content", "q_heads",
+              "use_vision", "tie_embeddings"]
+    if model.config.use_vision:
+        fields += ["image_size", "patch_size", "vision_hidden_size", "vision_layers", "vision_q_rank"]
+    for field in fields:
+        assert getattr(loaded.config, field) == getattr(model.config, field), field
+    ids = torch.randint(0, 97, (1, 8))
+    assert_close(loaded(ids)["logits"], model(ids)["logits"])
+
+
+def test_legacy_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="legacy checkpoint not found"):
+        load_legacy_state_dict(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="could not be read as a state dict"):
+        load_legacy_state_dict(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="not a Quatrix language-model state dict"):
+        load_legacy_state_dict({"foo.weight": torch.zeros(2)})
+    state = legacy_state_dict(QuatrixLM(tiny_config()))
+    state["world_action_emb.weight"] = torch.zeros(7, 4)
+    with pytest.raises(ValueError, match="unexpected: world_action_emb.weight"):
+        load_legacy_state_dict(state)
