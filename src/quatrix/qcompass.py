@@ -104,45 +104,40 @@ def _chunk_size(keys: Tensor) -> int:
 
 
 class _ChunkedRoute(torch.autograd.Function):
-    """Routing + gather one block of queries at a time, flash-style (written here because
-    SDPA has no CPU kernel for value heads wider than query heads).
+    """Routing + gather one block of queries at a time (written here because SDPA has no CPU
+    kernel for value heads wider than query heads).
 
-    Forward keeps only the output and the per-row log-sum-exp; backward recomputes each
-    block's weights from them. Memory is O(chunk * L) instead of O(L^2), and with a causal
-    mask the keys after each block's last query are never touched.
+    Forward keeps no routing weights; backward recomputes each block's from state and action.
+    Memory is O(chunk * L) instead of O(L^2), and with a causal mask the keys after each
+    block's last query are never touched. Each block costs one fused softmax forward (and
+    one softmax backward); the scale is folded into the small state tensor.
     """
 
     @staticmethod
     def forward(ctx, state, action, content, mask, causal, chunk):
-        scale = 1.0 / math.sqrt(state.shape[-1])
-        Lq = state.shape[-2]
+        scaled = state * (1.0 / math.sqrt(state.shape[-1]))  # [B, h, Lq, d]
         out = content.new_empty(*state.shape[:-1], content.shape[-1])  # [B, h, Lq, dv]
-        lse = state.new_empty(state.shape[:-1])  # [B, h, Lq]
-        for s, e, kend in _blocks(Lq, action.shape[-2], chunk, causal and mask is None):
-            scores = _block_scores(state, action, mask, causal, s, e, kend, scale)  # [B, h, c, kend]
-            lse[..., s:e] = torch.logsumexp(scores, dim=-1)
-            weights = torch.exp(scores - lse[..., s:e, None])
-            out[..., s:e, :] = torch.matmul(weights, content[..., :kend, :])
-        ctx.save_for_backward(state, action, content, out, lse, mask)
-        ctx.causal, ctx.chunk, ctx.scale = causal, chunk, scale
+        for s, e, kend in _blocks(state.shape[-2], action.shape[-2], chunk, causal and mask is None):
+            weights = _block_weights(scaled, action, mask, causal, s, e, kend)  # [B, h, c, kend]
+            torch.matmul(weights, content[..., :kend, :], out=out[..., s:e, :])
+        ctx.save_for_backward(scaled, action, content, mask)
+        ctx.causal, ctx.chunk = causal, chunk
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        state, action, content, out, lse, mask = ctx.saved_tensors
-        causal, scale = ctx.causal, ctx.scale
-        d_state, d_action = torch.zeros_like(state), torch.zeros_like(action)
+        scaled, action, content, mask = ctx.saved_tensors
+        causal, scale = ctx.causal, 1.0 / math.sqrt(scaled.shape[-1])
+        d_state, d_action = torch.zeros_like(scaled), torch.zeros_like(action)
         d_content = torch.zeros(content.shape, dtype=content.dtype, device=content.device)
-        delta = (d_out * out).sum(-1)  # [B, h, Lq]: rowsum(dO * O), the softmax backward term
-        for s, e, kend in _blocks(state.shape[-2], action.shape[-2], ctx.chunk, causal and mask is None):
-            scores = _block_scores(state, action, mask, causal, s, e, kend, scale)
-            weights = torch.exp(scores - lse[..., s:e, None])  # [B, h, c, kend]
+        for s, e, kend in _blocks(scaled.shape[-2], action.shape[-2], ctx.chunk, causal and mask is None):
+            weights = _block_weights(scaled, action, mask, causal, s, e, kend)  # [B, h, c, kend]
             d_o = d_out[..., s:e, :]  # [B, h, c, dv]
             d_content[..., :kend, :] += torch.matmul(weights.transpose(-2, -1), d_o)
             d_weights = torch.matmul(d_o, content[..., :kend, :].transpose(-2, -1))  # [B, h, c, kend]
-            d_scores = weights * (d_weights - delta[..., s:e, None]) * scale
-            d_state[..., s:e, :] = torch.matmul(d_scores, action[..., :kend, :])
-            d_action[..., :kend, :] += torch.matmul(d_scores.transpose(-2, -1), state[..., s:e, :])
+            d_scores = torch.ops.aten._softmax_backward_data(d_weights, weights, -1, weights.dtype)
+            d_state[..., s:e, :] = torch.matmul(d_scores, action[..., :kend, :]) * scale
+            d_action[..., :kend, :] += torch.matmul(d_scores.transpose(-2, -1), scaled[..., s:e, :])
         return d_state, d_action, d_content, None, None, None
 
 
@@ -154,15 +149,16 @@ def _blocks(Lq: int, Lk: int, chunk: int, skip_future: bool):
         yield s, e, (offset + e if skip_future else Lk)
 
 
-def _block_scores(state, action, mask, causal, s, e, kend, scale):
-    scores = torch.matmul(state[..., s:e, :], action[..., :kend, :].transpose(-2, -1)) * scale
+def _block_weights(scaled, action, mask, causal, s, e, kend):
+    """Routing weights of queries [s, e) over keys [0, kend): [B, h, e - s, kend]."""
+    scores = torch.matmul(scaled[..., s:e, :], action[..., :kend, :].transpose(-2, -1))
     if mask is not None:
-        return scores.masked_fill(~mask[..., s:e, :kend], float("-inf"))
-    if causal:
-        offset = action.shape[-2] - state.shape[-2]
-        allowed = torch.ones(e - s, kend, dtype=torch.bool, device=scores.device).tril(offset + s)
-        return scores.masked_fill(~allowed, float("-inf"))
-    return scores
+        scores.masked_fill_(~mask[..., s:e, :kend], float("-inf"))
+    elif causal:  # only the keys inside the block's own span can lie in a query's future
+        start = action.shape[-2] - scaled.shape[-2] + s  # key position of query s
+        future = torch.ones(e - s, kend - start, dtype=torch.bool, device=scores.device).triu(1)
+        scores[..., start:].masked_fill_(future, float("-inf"))
+    return torch.softmax(scores, dim=-1)
 
 
 class QCompass(nn.Module):
