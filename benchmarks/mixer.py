@@ -27,21 +27,38 @@ import quatrix.qcompass as qc
 from quatrix.blocks import QuatrixBlock
 from quatrix.config import QuatrixConfig
 
-# name -> (config overrides, human label)
+# name -> (config overrides, human label, forced path or None for "auto")
 VARIANTS = {
-    "qcompass": (dict(mixer="qcompass"), "Q-Compass (SAO, 1 head)"),
-    "savo": (dict(mixer="qcompass", q_value_content=True), "SAVO (1 head)"),
-    "mh-qcompass": (dict(mixer="qcompass", q_heads=8), "Q-Compass, 8 heads"),
-    "mha_rank": (dict(mixer="mha_rank", q_heads=8), "attention at rank r (8 heads)"),
-    "mha": (dict(mixer="mha", q_heads=8), "attention, full rank (8 heads)"),
+    "qcompass": (dict(mixer="qcompass"), "Q-Compass (SAO, 1 head)", None),
+    "qcompass-matmul": (dict(mixer="qcompass"), "Q-Compass, plain bmm (as the original package)", "matmul"),
+    "savo": (dict(mixer="qcompass", q_value_content=True), "SAVO (1 head)", None),
+    "mh-qcompass": (dict(mixer="qcompass", q_heads=8), "Q-Compass, 8 heads", None),
+    "mha_rank": (dict(mixer="mha_rank", q_heads=8), "attention at rank r (8 heads)", None),
+    "mha": (dict(mixer="mha", q_heads=8), "attention, full rank (8 heads)", None),
 }
+
+
+def train_flops(name: str, B: int, L: int, H: int, r: int) -> float:
+    """Analytic forward + backward (3x forward) matmul FLOPs of one mixer; the causal mask
+    halves the [L, L] terms. SAVO gathers in rank r and applies the folded W_o W_c (r x H)."""
+    cfg = VARIANTS[name][0]
+    pairs = B * L * L / 2  # causal (query, key) pairs
+    if cfg["mixer"] == "mha":
+        fwd = 2 * B * L * H * 4 * H + 2 * pairs * (H + H)
+    elif cfg["mixer"] == "mha_rank":
+        fwd = 2 * B * L * H * 4 * r + 2 * pairs * (r + r)
+    elif cfg.get("q_value_content"):
+        heads = cfg.get("q_heads", 1)
+        fwd = 2 * B * L * H * 2 * r + 2 * B * L * heads * r * H + 2 * pairs * (r + heads * r)
+    else:
+        fwd = 2 * B * L * H * (2 * r + H) + 2 * pairs * (r + H)
+    return 3 * fwd
 
 
 def build(name: str, args, part: str, impl: str | None) -> torch.nn.Module:
     cfg = QuatrixConfig(hidden_size=args.hidden, q_rank=args.rank, **VARIANTS[name][0])
     block = QuatrixBlock(cfg)
-    if impl is not None:
-        block.mixer.impl = impl
+    block.mixer.impl = impl or VARIANTS[name][2] or "auto"
     module = block.mixer if part == "mixer" else block
     return module.to(args.device)
 
@@ -130,7 +147,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; must include mha")
     p.add_argument("--long-context", type=int, default=0, help="also measure memory at this length (B=1)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -139,6 +156,8 @@ def main() -> None:
         return probe(args)
     args.variants = args.variants.split(",")
     unknown = set(args.variants) - set(VARIANTS)
+    if "mha" not in args.variants:
+        p.error("--variants must include mha, the baseline of every ratio")
     if unknown:
         p.error(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
 
@@ -147,12 +166,14 @@ def main() -> None:
           f"median of {args.rounds} interleaved rounds\n")
     mixer, block = time_variants(args, "mixer"), time_variants(args, "block")
     scores_mib = args.batch * args.length**2 * 4 / 2**20
-    print("| mixer | path | mixer ms | speed-up vs mha | block ms | block speed-up | peak MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    flops = {n: train_flops(n, args.batch, args.length, args.hidden, args.rank) for n in args.variants}
+    print("| mixer | path | mixer ms | speed-up vs mha | FLOP ratio vs mha | block ms | block speed-up | peak MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.variants:
         mem = peak_memory(args, name, args.length, args.batch, None)
-        print(f"| {VARIANTS[name][1]} | {auto_path(name, args, args.length, args.batch)} | {mixer[name] * 1e3:.1f} | "
-              f"{mixer['mha'] / mixer[name]:.2f}x | {block[name] * 1e3:.1f} | {block['mha'] / block[name]:.2f}x | "
+        path = VARIANTS[name][2] or auto_path(name, args, args.length, args.batch)
+        print(f"| {VARIANTS[name][1]} | {path} | {mixer[name] * 1e3:.1f} | {mixer['mha'] / mixer[name]:.2f}x | "
+              f"{flops['mha'] / flops[name]:.2f}x | {block[name] * 1e3:.1f} | {block['mha'] / block[name]:.2f}x | "
               f"{mem:.0f} |")
     print(f"\nOne fp32 [B, L, L] score matrix at this size: {scores_mib:.0f} MiB.")
 
@@ -162,7 +183,7 @@ def main() -> None:
               f"(one [1, L, L] fp32 matrix = {L * L * 4 / 2**20:.0f} MiB):\n")
         print("| mixer | auto path | auto | sdpa | matmul | chunked |")
         print("|---|---|---:|---:|---:|---:|")
-        for name in args.variants:
+        for name in [n for n in args.variants if VARIANTS[n][2] is None]:
             cells = [peak_memory(args, name, L, 1, impl) for impl in (None, "sdpa", "matmul", "chunked")]
             print(f"| {VARIANTS[name][1]} | {auto_path(name, args, L, 1)} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
 

@@ -144,3 +144,14 @@ def test_bad_arguments():
         QCompass(32, 16, impl="flash")
     with pytest.raises(ValueError, match="unknown Q-Compass impl"):
         QCompass(32, 16)(torch.randn(1, 3, 32), impl="triton")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cpu_bf16_autocast(impl, small_chunks):
+    m = QCompass(32, 16)
+    x = torch.randn(2, 40, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, impl=impl)
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert_close(out.float(), m.forward_reference(x), rtol=0.05, atol=0.05)

@@ -60,8 +60,12 @@ def route(
         )
     if impl == "matmul" or (impl == "chunked" and dropout_p > 0.0):
         return _route_matmul(state, action, content, causal=causal, mask=mask, dropout_p=dropout_p)
-    if impl == "chunked":
-        return _ChunkedRoute.apply(state, action, content, mask, causal, _chunk_size(action))
+    if impl == "chunked":  # a hand-written Function: run it in one dtype, outside autocast
+        dtype = torch.promote_types(torch.promote_types(state.dtype, action.dtype), content.dtype)
+        with torch.autocast(state.device.type, enabled=False):
+            return _ChunkedRoute.apply(
+                state.to(dtype), action.to(dtype), content.to(dtype), mask, causal, _chunk_size(action)
+            )
     raise ValueError(f"unknown Q-Compass impl {impl!r}; choose from {IMPLS}")
 
 

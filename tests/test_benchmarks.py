@@ -1,0 +1,30 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import mixer  # noqa: E402
+
+
+def test_flop_model_matches_design_counts():
+    B, L, H, r = 1, 1024, 384, 48
+    pairs = L * L / 2
+    assert mixer.train_flops("mha", B, L, H, r) == 3 * (8 * L * H * H + 4 * pairs * H)
+    assert mixer.train_flops("qcompass", B, L, H, r) == 3 * (2 * L * H * (2 * r + H) + 2 * pairs * (r + H))
+    ratio = mixer.train_flops("mha", B, L, H, r) / mixer.train_flops("qcompass", B, L, H, r)
+    assert 2.3 < ratio < 2.5  # SAO's FLOP advantage at the paper's Table 10 size
+    assert mixer.train_flops("mha", B, L, H, r) / mixer.train_flops("savo", B, L, H, r) > 8
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_prints_ratios():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "mixer.py"), "--length", "64", "--batch", "1", "--hidden", "32", "--rank", "8",
+         "--rounds", "1", "--warmup", "0", "--variants", "qcompass,mha"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| Q-Compass") or line.startswith("| attention")]
+    assert len(rows) == 2 and "1.00x" in rows[1]
