@@ -31,3 +31,38 @@ def test_console_script_entry_point():
     result = subprocess.run([sys.executable, "-m", "quatrix.cli", "info", "--preset", "nope"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
+
+
+def test_generate_streams_token_ids(capsys):
+    assert main(["generate", "--preset", "tiny", "--prompt", "15496 995", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    tokens = capsys.readouterr().out.split()
+    assert len(tokens) == 5 and all(0 <= int(t) < 50257 for t in tokens)
+
+
+def test_generate_from_checkpoint_with_image_and_samples(tmp_path, capsys):
+    from PIL import Image
+
+    QuatrixLM(tiny_config(use_vision=True)).save_pretrained(tmp_path / "c")
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "prompt.txt").write_text("5, 17, 3\n")
+    assert main(["generate", "--ckpt", str(tmp_path / "c"), "--prompt-file", str(tmp_path / "prompt.txt"),
+                 "--image", str(tmp_path / "red.png"), "--num-samples", "2", "--max-new-tokens", "3",
+                 "--seed", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:3] for line in lines] == ["[0]", "[1]"] and all(len(line.split()) == 4 for line in lines)
+
+
+def test_generate_errors(tmp_path, capsys):
+    assert main(["generate", "--preset", "tiny", "--prompt", "1 two"]) == 2
+    assert "must be token ids" in capsys.readouterr().err
+    assert main(["generate", "--preset", "tiny", "--prompt", "1", "--image", str(tmp_path / "none.png")]) == 2
+    assert "no vision encoder" in capsys.readouterr().err
+    QuatrixLM(tiny_config(use_vision=True)).save_pretrained(tmp_path / "c")
+    assert main(["generate", "--ckpt", str(tmp_path / "c"), "--prompt", "1", "--image", str(tmp_path / "none.png")]) == 2
+    assert "image not found" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["generate", "--ckpt", str(tmp_path / "c"), "--prompt", "1", "--image", str(tmp_path / "bad.png")]) == 2
+    assert "could not read image" in capsys.readouterr().err
+    assert main(["generate", "--preset", "tiny", "--prompt", "1", "--top-p", "2"]) == 2
+    assert "top_p must be in" in capsys.readouterr().err

@@ -45,6 +45,14 @@ def test_fast_paths_match_reference(heads, savo, causal, padded, impl, small_chu
         assert_close(g, g_ref, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("tokens", [3, 40])  # below and above r: W_c then W_o, or folded W_o·W_c
+def test_savo_output_both_orders(heads, tokens):
+    m = QCompass(32, 16, heads, q_value_content=True).double()
+    x = torch.randn(1, tokens, 32, dtype=torch.float64)
+    assert_close(m(x), m.forward_reference(x), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("heads, savo", VARIANTS)
 def test_float32_auto_path_matches_reference(heads, savo):
     m = QCompass(48, 24, heads, savo)

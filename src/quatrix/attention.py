@@ -46,9 +46,15 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return proj(x).view(B, L, self.num_heads, -1).transpose(1, 2)  # [B, h, L, inner/h]
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None) -> Tensor:
+    def cache_layout(self) -> tuple[int, int, int, int]:
+        """(key heads, key width, value heads, value width) of one cached token: K and V."""
+        return self.num_heads, self.inner // self.num_heads, self.num_heads, self.inner // self.num_heads
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None, cache=None) -> Tensor:
         B, L, _ = x.shape
         q, k, v = self.heads(self.q_proj, x), self.heads(self.k_proj, x), self.heads(self.v_proj, x)
+        if cache is not None:
+            k, v = cache.append(k, v)  # [B, h, T, inner/h]: all cached tokens
         p = self.dropout if self.training else 0.0
         out = route(q, k, v, causal=self.causal, mask=mask, dropout_p=p, impl=impl or self.impl)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, self.inner))  # [B, L, H]

@@ -38,8 +38,8 @@ class QuatrixBlock(nn.Module):
             nn.Linear(cfg.ffn_ratio * H, H), nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.mixer(self.norm1(x), mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
+        x = x + self.mixer(self.norm1(x), mask, cache=cache)
         return x + self.ffn(self.norm2(x))
 
 

@@ -54,6 +54,60 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_token_ids(text: str, source: str) -> list[int]:
+    """'15496 995' or '15496,995' -> [15496, 995] (until a tokenizer exists, prompts are ids)."""
+    parts = text.replace(",", " ").split()
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{source} must be token ids separated by spaces or commas, got {text[:60]!r}") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream a continuation of a token-id prompt from a checkpoint (or a random preset)."""
+    from pathlib import Path
+
+    import torch
+
+    from quatrix.config import preset
+    from quatrix.engine import stream
+    from quatrix.model import QuatrixLM
+    from quatrix.vision import load_image
+
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file not found: {path}")
+        prompt = parse_token_ids(path.read_text(), str(path))
+    else:
+        prompt = parse_token_ids(args.prompt, "--prompt")
+    torch.manual_seed(args.seed)
+    model = QuatrixLM.from_pretrained(args.ckpt) if args.ckpt else QuatrixLM(preset(args.preset))
+    pixels = None
+    if args.image:
+        if model.vision is None:
+            raise ValueError("--image given but the model has no vision encoder (use_vision=False)")
+        pixels = load_image(args.image, model.config.image_size)[None]
+    steps = stream(
+        model, [prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        stop_token_ids=args.stop_id, num_samples=args.num_samples, pixel_values=pixels, truncate=args.truncate,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    rows: list[list[int]] = [[] for _ in range(args.num_samples)]
+    for tokens, active in steps:
+        for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
+            if a and t not in args.stop_id:
+                rows[i].append(t)
+                if args.num_samples == 1:  # stream the single sample as it is made
+                    print(t, end=" ", flush=True)
+    if args.num_samples == 1:
+        print()
+    else:
+        for i, row in enumerate(rows):
+            print(f"[{i}] " + " ".join(map(str, row)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quatrix", description="Q-Compass language models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,17 +120,33 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--savo", action="store_true", help="Q-Compass with Q-value content (SAVO)")
     info.add_argument("--seq-len", type=int, default=10, help="tokens in the test forward pass")
     info.add_argument("--json", action="store_true", help="print config and counts as JSON")
-    info.set_defaults(func=cmd_info)
+
+    gen = sub.add_parser("generate", help="stream a continuation of a prompt (token ids for now)")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint directory")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a randomly initialised preset (smoke tests)")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="token ids, e.g. '15496 995'")
+    prompt.add_argument("--prompt-file", help="a file of token ids")
+    gen.add_argument("--image", help="an image file for models with vision")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    gen.add_argument("--stop-id", type=int, action="append", default=[], help="stop token id (repeatable)")
+    gen.add_argument("--num-samples", type=int, default=1)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--truncate", action="store_true", help="keep the prompt's last tokens if it is too long")
     return parser
 
 
-COMMANDS = {"info": cmd_info}
+COMMANDS = {"info": cmd_info, "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"quatrix {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -55,6 +55,7 @@ class QuatrixLM(nn.Module):
         mel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         loss_reduction: str = "mean",
+        cache=None,
     ) -> dict[str, Tensor | None]:
         """Next-token language model over [image tokens][audio tokens][text tokens].
 
@@ -64,6 +65,8 @@ class QuatrixLM(nn.Module):
         mel_values: [B, n_mels, F] log-mel (or [B, 1, n_mels, F]) or [B, T] waveforms.
         Returns {"logits": [B, L, V] (text positions only), "loss": scalar, or [B, L-1] per
         token with loss_reduction="none" (0 where ignored), or None without labels}.
+        cache: a quatrix.engine.Cache; the new tokens are appended to it and routed over
+        everything cached before (prefill, then one token per step).
         """
         cfg = self.config
         check_token_ids("input_ids", input_ids, cfg.vocab_size, cfg.max_seq_len)
@@ -71,8 +74,8 @@ class QuatrixLM(nn.Module):
             raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
         B, L = input_ids.shape
         prefix = self.encode_prefix(B, pixel_values, mel_values)  # [B, P, H]
-        x, mask = self.embed(input_ids, attention_mask, prefix)
-        x = self.run_blocks(x, mask)
+        x, mask = self.embed(input_ids, attention_mask, prefix, cache)
+        x = self.run_blocks(x, mask, cache)
         logits = self.head(self.norm(x[:, x.shape[1] - L :]))  # [B, L, V]
         loss = None
         if labels is not None:
@@ -96,30 +99,47 @@ class QuatrixLM(nn.Module):
                 raise ValueError(f"image/audio batch size {part.shape[0]} does not match input_ids batch size {batch}")
         return torch.cat(parts, dim=1) if parts else None
 
-    def embed(self, input_ids: Tensor, attention_mask: Tensor | None, prefix: Tensor | None):
-        """Token + position embeddings after the prefix, and the routing mask (None if unpadded)."""
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None, prefix: Tensor | None, cache=None):
+        """Token + position embeddings after the prefix, and the routing mask (None if unpadded).
+
+        Positions count real tokens only, so a left-padded row embeds like the row alone."""
         B, L = input_ids.shape
-        if attention_mask is None:
-            positions = torch.arange(L, device=input_ids.device).expand(B, L)
-        else:
+        P = 0 if prefix is None else prefix.shape[1]
+        if attention_mask is not None:
             check_same_shape("attention_mask", attention_mask, input_ids, "input_ids")
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]: real tokens count
+        if cache is not None:  # positions continue from what the cache has seen
+            text_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            positions, mask = cache.extend(text_mask, P)
+            if int(positions.max()) >= self.config.max_seq_len:
+                raise ValueError(f"generation ran past max_seq_len={self.config.max_seq_len} text positions")
+        elif attention_mask is None:
+            positions, mask = torch.arange(L, device=input_ids.device).expand(B, L), None
+        else:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+            keys = torch.cat([attention_mask.bool().new_ones(B, P), attention_mask.bool()], dim=1)
+            mask = routing_mask(keys, causal=True)  # [B, 1, P + L, P + L]
         x = self.token_emb(input_ids) + self.pos_emb(positions)  # [B, L, H]
         if prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # [B, P + L, H]
-        mask = None
-        if attention_mask is not None:
-            keys = attention_mask.bool()
-            if prefix is not None:
-                keys = torch.cat([keys.new_ones(B, prefix.shape[1]), keys], dim=1)
-            mask = routing_mask(keys, causal=True)  # [B, 1, P + L, P + L]
         return self.drop(x), mask
 
-    def run_blocks(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def run_blocks(self, x: Tensor, mask: Tensor | None, cache=None) -> Tensor:
+        if cache is not None:
+            for block, layer_cache in zip(self.blocks, cache.layers):
+                x = block(x, mask, layer_cache)
+            return x
         recompute = self.config.use_gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             x = checkpoint(block, x, mask, use_reentrant=False) if recompute else block(x, mask)
         return x
+
+    def generate(self, prompts, max_new_tokens: int = 32, **kwargs):
+        """Token ids in, new token ids out (quatrix.engine.generate): a list of prompts (or
+        a [B, L] tensor), sampling by temperature / top_k / top_p, stop_token_ids,
+        num_samples, generator, pixel_values, mel_values. Returns an engine.Generation."""
+        from quatrix.engine import generate
+
+        return generate(self, prompts, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | Path) -> None:

@@ -48,8 +48,15 @@ def route(
     state, action: [B, h, Lq, d]; content: [B, h, Lk, dv]; returns [B, h, Lq, dv].
     `mask` is a complete boolean routing mask broadcastable to [B, h, Lq, Lk] (True = may
     route there; causality already folded in); when it is None, `causal` applies the
-    usual lower-triangular mask. Every query must be allowed at least one key.
+    lower-triangular mask, aligned so that the Lq queries are the last Lq keys (as when
+    decoding with a cache). Every query must be allowed at least one key.
     """
+    Lq, Lk = state.shape[-2], action.shape[-2]
+    if causal and mask is None and Lq != Lk:  # SDPA's is_causal aligns top-left: be explicit
+        if Lq == 1:
+            causal = False  # the newest query sees every key
+        else:
+            mask = torch.ones(Lq, Lk, dtype=torch.bool, device=state.device).tril(Lk - Lq)
     if impl == "auto":
         impl = _pick_impl(state, content)
     if impl == "sdpa":
@@ -215,23 +222,39 @@ class QCompass(nn.Module):
         sa = sa.permute(2, 0, 3, 1, 4)  # [2, B, h, L, r/h]
         return sa[0], sa[1]
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None) -> Tensor:
-        """x: [B, L, H] (already normed) -> [B, L, H]. `mask`: see `route`."""
+    def cache_layout(self) -> tuple[int, int, int, int]:
+        """(key heads, key width, content heads, content width) of one cached token.
+
+        Raw x: action (r) and the normed input x (H). SAVO: action (r) and qval (r), stored
+        once for all heads, since every head gathers the whole qval."""
+        h = self.num_heads
+        if self.q_value_content:
+            return h, self.q_rank // h, 1, self.q_rank
+        return h, self.q_rank // h, h, self.hidden_size // h
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None, cache=None) -> Tensor:
+        """x: [B, L, H] (already normed) -> [B, L, H]. `mask`: see `route`.
+
+        With a `cache` (quatrix.engine.LayerCache) the L new tokens' actions and contents are
+        appended to it and the new queries route over everything cached so far."""
         B, L, H = x.shape
         h = self.num_heads
         state, action = self.project(x)  # [B, h, L, r/h] each
-        p = self.dropout if self.training else 0.0
-        impl = impl or self.impl
-        if not self.q_value_content:
+        if self.q_value_content:
+            content = self.q_values(state, action)[:, None]  # [B, 1, L, r]
+        else:
             content = x.view(B, L, h, H // h).transpose(1, 2)  # [B, h, L, H/h]
-            gathered = route(state, action, content, causal=self.causal, mask=mask, dropout_p=p, impl=impl)
-            return self.out_proj(gathered.transpose(1, 2).reshape(B, L, H))
-        qval = self.q_values(state, action)  # [B, L, r]
-        # Each head's content slice (qval @ W_c)[:, head] depends on all r qval dims, so every
-        # head gathers the whole rank-r qval: [B, h, L, r].
-        content = qval.unsqueeze(1).expand(B, h, L, self.q_rank)
-        gathered = route(state, action, content, causal=self.causal, mask=mask, dropout_p=p, impl=impl)
-        return self.savo_output(gathered)
+        if cache is not None:
+            action, content = cache.append(action, content)  # [B, *, T, *]: all cached tokens
+        if self.q_value_content:
+            # Each head's content slice (qval @ W_c)[:, head] depends on all r qval dims, so
+            # every head gathers the whole rank-r qval.
+            content = content.expand(B, h, *content.shape[2:])  # [B, h, T, r]
+        p = self.dropout if self.training else 0.0
+        gathered = route(state, action, content, causal=self.causal, mask=mask, dropout_p=p, impl=impl or self.impl)
+        if self.q_value_content:
+            return self.savo_output(gathered)
+        return self.out_proj(gathered.transpose(1, 2).reshape(B, L, H))
 
     def q_values(self, state: Tensor, action: Tensor) -> Tensor:
         """SAVO content before W_c: qval = state * action, heads concatenated -> [B, L, r]."""
@@ -239,11 +262,18 @@ class QCompass(nn.Module):
         return (state * action).transpose(1, 2).reshape(B, L, h * d)
 
     def savo_output(self, gathered: Tensor) -> Tensor:
-        """[B, h, L, r] rank-r gathers -> W_o(concat_k gathered_k @ W_c[head k]^T): [B, L, H]."""
+        """[B, h, L, r] rank-r gathers -> W_o(concat_k gathered_k @ W_c[head k]^T): [B, L, H].
+
+        Folding W_o·W_c into one [H, h*r] matrix costs H·H·r once and saves H·H per token:
+        worth it when more than r tokens come at once (training, prefill), not when decoding.
+        """
         B, h, L, r = gathered.shape
         H = self.hidden_size
-        w_o = self.out_proj.weight.view(H, h, H // h)  # [H_out, h, H/h]
         w_c = self.content_proj.weight.view(h, H // h, r)  # [h, H/h, r]
+        if B * L <= r:
+            content = torch.einsum("bklr,kcr->blkc", gathered, w_c).reshape(B, L, H)  # head k's W_c slice
+            return self.out_proj(content)
+        w_o = self.out_proj.weight.view(H, h, H // h)  # [H_out, h, H/h]
         folded = torch.einsum("okc,kcr->okr", w_o, w_c).reshape(H, h * r)  # W_o·W_c per head: [H, h*r]
         return F.linear(gathered.transpose(1, 2).reshape(B, L, h * r), folded, self.out_proj.bias)
 

@@ -7,6 +7,9 @@ names (patch_embed, pos_emb, blocks.N.*, norm, proj) follow the original package
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -42,4 +45,22 @@ class QuatrixVision(nn.Module):
 
 
 VisionEncoder = QuatrixVision  # the original package's name
+
+
+def load_image(path: str | Path, size: int) -> Tensor:
+    """An image file -> [3, size, size] float tensor in [-1, 1] (RGB, resized): the
+    preprocessing QuatrixVision expects."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"could not read image {path}: {e}") from None
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # [S, S, 3]
+    return pixels.permute(2, 0, 1) / 127.5 - 1.0
 

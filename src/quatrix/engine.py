@@ -1,0 +1,261 @@
+"""Inference engine: per-layer caches, prefill + decode, sampling, batches and streaming.
+
+The engine works on token ids only; tokenization lives elsewhere. Prefill and decode run
+through the model's own forward (`model(..., cache=cache)`): one pass over the prompt (and
+image / audio prefix) fills the cache, then one token per step.
+
+Cache layouts, floats per token per layer (DESIGN.md §1):
+  Q-Compass (raw x)  action (r) + the block's normed input x (H)   H + r
+  SAVO               action (r) + qval (r); gathered in rank r      2r
+  mha / mha_rank     K + V                                         2H / 2r
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from quatrix.blocks import make_mixer
+from quatrix.config import QuatrixConfig
+
+
+class LayerCache:
+    """Preallocated routing keys and contents of one layer: [B, heads, T_max, width] each.
+
+    `append` writes new tokens in place (no torch.cat per token) and returns views of
+    everything cached so far."""
+
+    def __init__(self, batch: int, max_len: int, layout: tuple[int, int, int, int], dtype, device):
+        key_heads, key_dim, content_heads, content_dim = layout
+        self.keys = torch.zeros(batch, key_heads, max_len, key_dim, dtype=dtype, device=device)
+        self.contents = torch.zeros(batch, content_heads, max_len, content_dim, dtype=dtype, device=device)
+        self.length = 0
+
+    def append(self, keys: Tensor, contents: Tensor) -> tuple[Tensor, Tensor]:
+        start, end = self.length, self.length + keys.shape[2]
+        if end > self.keys.shape[2]:
+            raise ValueError(f"cache is full: {end} tokens do not fit its {self.keys.shape[2]} slots")
+        self.keys[:, :, start:end] = keys
+        self.contents[:, :, start:end] = contents
+        self.length = end
+        return self.keys[:, :, :end], self.contents[:, :, :end]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.contents.nbytes
+
+    def repeat_interleave(self, n: int) -> None:
+        self.keys = self.keys.repeat_interleave(n, dim=0)
+        self.contents = self.contents.repeat_interleave(n, dim=0)
+
+
+class Cache:
+    """The whole model's cache: one LayerCache per block, plus which cached slots hold real
+    tokens (left padding does not) and how many text tokens each row has seen (its next
+    position id).
+
+    Room is `max_text_len` text tokens plus the image / audio prefix of the first forward;
+    the layers are allocated then, when the prefix length is known."""
+
+    def __init__(self, model, batch: int, max_text_len: int, dtype=None, device=None):
+        param = next(model.parameters())
+        self.dtype, self.device = dtype or param.dtype, device or param.device
+        self.batch, self.max_text_len = batch, max_text_len
+        self.layouts = [block.mixer.cache_layout() for block in model.blocks]
+        self.layers: list[LayerCache] = []
+        self.key_mask = torch.zeros(batch, 0, dtype=torch.bool, device=self.device)
+        self.text_len = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    def extend(self, text_mask: Tensor, prefix_len: int) -> tuple[Tensor, Tensor | None]:
+        """Register prefix_len + L new tokens ([B, L] text_mask: 1 = real). Returns the text
+        position ids [B, L] and the routing mask of the new queries over all cached keys
+        (None when nothing is padded)."""
+        from quatrix.qcompass import routing_mask
+
+        B, L = text_mask.shape
+        if B != self.batch:
+            raise ValueError(f"batch of {B} rows does not match the cache's {self.batch}")
+        if not self.layers:  # first forward: allocate for its prefix plus all the text
+            size = prefix_len + self.max_text_len
+            self.layers = [LayerCache(B, size, lay, self.dtype, self.device) for lay in self.layouts]
+            self.key_mask = torch.zeros(B, size, dtype=torch.bool, device=self.device)
+        elif prefix_len:
+            raise ValueError("an image or audio prefix can only come with the first (prefill) forward")
+        n = prefix_len + L
+        if self.length + n > self.key_mask.shape[1]:
+            raise ValueError(f"cache is full: {self.length + n} tokens do not fit its {self.key_mask.shape[1]} slots")
+        real = text_mask.bool()
+        positions = self.text_len[:, None] + (real.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+        self.text_len += real.sum(-1)
+        self.key_mask[:, self.length : self.length + prefix_len] = True
+        self.key_mask[:, self.length + prefix_len : self.length + n] = real
+        self.length += n
+        keys = self.key_mask[:, : self.length]
+        mask = None if bool(keys.all()) else routing_mask(keys, causal=True, query_len=n)
+        return positions, mask
+
+    def repeat_interleave(self, n: int) -> None:
+        """Row b becomes rows b*n .. b*n + n-1: n samples share one prefill."""
+        for layer in self.layers:
+            layer.repeat_interleave(n)
+        self.key_mask = self.key_mask.repeat_interleave(n, dim=0)
+        self.text_len = self.text_len.repeat_interleave(n, dim=0)
+        self.batch *= n
+
+
+def cache_floats_per_token(config: QuatrixConfig) -> int:
+    """Floats cached per token per layer: H + r (Q-Compass), 2r (SAVO), 2H (mha), 2r (mha_rank)."""
+    key_heads, key_dim, content_heads, content_dim = make_mixer(config).cache_layout()
+    return key_heads * key_dim + content_heads * content_dim
+
+
+# ---------------------------------------------------------------------- sampling
+@dataclass(frozen=True)
+class Sampling:
+    """temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next(logits: Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> Tensor:
+    """One token per row from [B, V] logits."""
+    if sampling.temperature == 0 or sampling.top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        outside = probs.cumsum(-1) - probs >= sampling.top_p  # mass before this token already >= p
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))  # the top token always stays
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------- generation
+@dataclass
+class Generation:
+    """Per row: the new tokens (the stop token not included) and why it ended."""
+
+    tokens: list[list[int]]
+    finish_reasons: list[str]  # "stop" | "length"
+
+
+def left_pad(prompts: Sequence[Sequence[int]] | Tensor, pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Prompts of unequal length -> ids [B, L] and attention mask [B, L], padded on the left."""
+    if isinstance(prompts, Tensor):
+        if prompts.dim() == 1:
+            prompts = prompts[None]
+        prompts = prompts.tolist()
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    rows = [list(p) for p in prompts]
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    L = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (L - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
+@torch.no_grad()
+def stream(
+    model,
+    prompts: Sequence[Sequence[int]] | Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_token_ids: Sequence[int] = (),
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    pixel_values: Tensor | None = None,
+    mel_values: Tensor | None = None,
+    truncate: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (tokens [N], active [N]) once per step, N = len(prompts) * num_samples (the
+    samples of prompt b are rows b*num_samples ...). A row is inactive once it has produced
+    a stop token; its later entries are padding. Prompts longer than max_seq_len -
+    max_new_tokens raise, or with truncate=True keep their last tokens. Sampling:
+    temperature 0 is greedy; top_k 0 and top_p 1.0 are off; `generator` seeds it.
+    """
+    sampling = Sampling(temperature, top_k, top_p)
+    cfg = model.config
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if max_new_tokens >= cfg.max_seq_len:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt (max_seq_len={cfg.max_seq_len})")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    ids, mask = left_pad(prompts)
+    budget = cfg.max_seq_len - max_new_tokens
+    if ids.shape[1] > budget:
+        if not truncate:
+            raise ValueError(
+                f"prompt has {int(mask.sum(1).max())} tokens; with max_new_tokens={max_new_tokens} at most "
+                f"{budget} fit in max_seq_len={cfg.max_seq_len} (or pass truncate=True to keep the last {budget})"
+            )
+        ids, mask = ids[:, -budget:], mask[:, -budget:]
+        if not bool(mask.any(1).all()):
+            raise ValueError("a prompt is empty after truncation")
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    stop = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        cache = Cache(model, ids.shape[0], ids.shape[1] + max_new_tokens)
+        out = model(ids, attention_mask=mask, pixel_values=pixel_values, mel_values=mel_values, cache=cache)
+        logits = out["logits"][:, -1]  # [B, V]: left padding puts every row's last token here
+        if num_samples > 1:
+            cache.repeat_interleave(num_samples)
+            logits = logits.repeat_interleave(num_samples, dim=0)
+        active = torch.ones(logits.shape[0], dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            tokens = torch.where(active, sample_next(logits, sampling, generator), 0)
+            yield tokens, active.clone()
+            active &= ~torch.isin(tokens, stop)
+            if step == max_new_tokens - 1 or not bool(active.any()):
+                return
+            logits = model(tokens[:, None], cache=cache)["logits"][:, -1]
+    finally:
+        model.train(was_training)
+
+
+def generate(model, prompts, max_new_tokens: int, **kwargs) -> Generation:
+    """Run `stream` to the end: per row the new tokens, without the stop token."""
+    stop = set(kwargs.get("stop_token_ids", ()))
+    rows: list[list[int]] | None = None
+    reasons: list[str] = []
+    for tokens, active in stream(model, prompts, max_new_tokens, **kwargs):
+        if rows is None:
+            rows, reasons = [[] for _ in range(tokens.shape[0])], ["length"] * tokens.shape[0]
+        for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
+            if not a:
+                continue
+            if t in stop:
+                reasons[i] = "stop"
+            else:
+                rows[i].append(t)
+    return Generation(tokens=rows or [], finish_reasons=reasons)

@@ -1,0 +1,166 @@
+import pytest
+import torch
+from torch.testing import assert_close
+
+from conftest import MIXER_VARIANTS, tiny_config
+from quatrix import QuatrixLM
+from quatrix.engine import Cache, cache_floats_per_token, generate, left_pad, sample_next, Sampling, stream
+
+PROMPTS = [[5, 17, 3, 44, 9, 2, 81, 60], [7, 7, 12], [90, 1, 33, 4, 4]]
+
+
+def cached_logits(model, prompts, continuation, pixels=None, chunk=1):
+    """Prefill the prompts, then feed `continuation` through the cache `chunk` tokens at a time."""
+    ids, mask = left_pad(prompts)
+    cache = Cache(model, ids.shape[0], ids.shape[1] + continuation.shape[1])
+    out = [model(ids, attention_mask=mask, pixel_values=pixels, cache=cache)["logits"]]
+    for t in range(0, continuation.shape[1], chunk):
+        out.append(model(continuation[:, t : t + chunk], cache=cache)["logits"])
+    return torch.cat(out, dim=1), torch.cat([mask, torch.ones_like(continuation)], dim=1), cache
+
+
+@pytest.mark.parametrize("name, overrides", MIXER_VARIANTS)
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("image", [False, True])
+def test_cached_decoding_equals_full_recomputation(name, overrides, rows, image):
+    model = QuatrixLM(tiny_config(use_vision=image, **overrides)).eval()
+    prompts = PROMPTS[:rows]
+    continuation = torch.randint(0, 97, (rows, 6))
+    pixels = torch.randn(rows, 3, 32, 32) if image else None
+    with torch.no_grad():
+        cached, mask, _ = cached_logits(model, prompts, continuation, pixels)
+        ids, _ = left_pad(prompts)
+        full = model(torch.cat([ids, continuation], 1), attention_mask=mask, pixel_values=pixels)["logits"]
+    real = mask.bool()
+    assert_close(cached[real], full[real], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, overrides", MIXER_VARIANTS)
+def test_multi_token_steps_through_the_cache(name, overrides):
+    model = QuatrixLM(tiny_config(**overrides)).eval()
+    continuation = torch.randint(0, 97, (3, 6))
+    with torch.no_grad():
+        one, _, _ = cached_logits(model, PROMPTS, continuation, chunk=1)
+        three, _, _ = cached_logits(model, PROMPTS, continuation, chunk=3)
+    assert_close(one, three, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, floats",
+    [(dict(), 32 + 16), (dict(q_value_content=True), 2 * 16), (dict(q_heads=4), 32 + 16),
+     (dict(q_heads=4, q_value_content=True), 2 * 16), (dict(mixer="mha", q_heads=4), 2 * 32),
+     (dict(mixer="mha_rank", q_heads=4), 2 * 16)],
+)
+def test_cache_floats_per_token(overrides, floats):
+    cfg = tiny_config(**overrides)  # H=32, r=16
+    assert cache_floats_per_token(cfg) == floats
+    model = QuatrixLM(cfg)
+    with torch.no_grad():
+        _, _, cache = cached_logits(model, PROMPTS, torch.randint(0, 97, (3, 2)))
+    slots = cache.key_mask.shape[1]
+    assert cache.nbytes == floats * 4 * cfg.num_layers * 3 * slots
+
+
+def test_published_cache_sizes():
+    from quatrix import preset
+
+    assert cache_floats_per_token(preset("berry-q0")) == 512 + 64
+    assert cache_floats_per_token(preset("berry-q0", q_value_content=True)) == 2 * 64
+    assert cache_floats_per_token(preset("berry-q0", mixer="mha", q_heads=8)) == 2 * 512
+
+
+@pytest.fixture
+def model():
+    return QuatrixLM(tiny_config()).eval()
+
+
+def test_greedy_is_deterministic_and_top_k_1_is_greedy(model):
+    a = generate(model, PROMPTS, 10, temperature=0)
+    assert a.tokens == generate(model, PROMPTS, 10, temperature=0).tokens
+    assert a.tokens == generate(model, PROMPTS, 10, temperature=1.3, top_k=1).tokens
+    assert a.finish_reasons == ["length"] * 3 and all(len(t) == 10 for t in a.tokens)
+
+
+def test_batched_rows_match_each_prompt_alone(model):
+    batch = generate(model, PROMPTS, 8, temperature=0).tokens
+    assert batch == [generate(model, [p], 8, temperature=0).tokens[0] for p in PROMPTS]
+
+
+def test_seed_reproduces_sampling(model):
+    sample = lambda seed: generate(model, PROMPTS, 12, temperature=1.0, top_p=0.9,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(seed)).tokens
+    assert sample(3) == sample(3)
+    assert sample(3) != sample(4)
+
+
+def test_num_samples_share_one_prefill(model):
+    greedy = generate(model, PROMPTS[:2], 6, temperature=0).tokens
+    copies = generate(model, PROMPTS[:2], 6, temperature=0, num_samples=3).tokens
+    assert copies == [greedy[0]] * 3 + [greedy[1]] * 3
+    sampled = generate(model, PROMPTS[:1], 8, num_samples=4, generator=torch.Generator().manual_seed(0)).tokens
+    assert len(sampled) == 4 and len({tuple(t) for t in sampled}) > 1
+
+
+def test_each_row_stops_on_its_own(model):
+    free = generate(model, PROMPTS, 10, temperature=0).tokens
+    stop_token = max(free[0], key=free[0].index)  # the token of row 0 that appears last for the first time
+    out = generate(model, PROMPTS, 10, temperature=0, stop_token_ids=[stop_token])
+    for row, ref, reason in zip(out.tokens, free, out.finish_reasons):
+        if stop_token in ref:
+            cut = ref.index(stop_token)
+            assert row == ref[:cut] and reason == "stop"
+        else:
+            assert row == ref and reason == "length"
+    assert out.finish_reasons[0] == "stop"
+
+
+def test_streaming_yields_token_by_token(model):
+    steps = list(stream(model, PROMPTS, 5, temperature=0))
+    assert len(steps) == 5
+    tokens = torch.stack([t for t, _ in steps], dim=1).tolist()
+    assert tokens == generate(model, PROMPTS, 5, temperature=0).tokens
+    assert all(active.all() for _, active in steps)
+
+
+def test_model_generate_with_image_prefix():
+    model = QuatrixLM(tiny_config(use_vision=True)).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    out = model.generate(PROMPTS[:2], 4, temperature=0, pixel_values=pixels, num_samples=2)
+    assert len(out.tokens) == 4 and out.tokens[0] == out.tokens[1]
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, Sampling(1.0, top_k=2), g)) for _ in range(200)}
+    assert draws == {1, 3}
+    assert {int(sample_next(logits, Sampling(1.0, top_p=1e-6), g)) for _ in range(50)} == {1}
+    draws = {int(sample_next(logits, Sampling(5.0, top_p=0.999), g)) for _ in range(400)}
+    assert draws == {0, 1, 2, 3, 4}  # a high temperature flattens, top_p near 1 keeps all
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
+        (dict(top_p=1.5), "top_p must be in"),
+        (dict(top_k=-1), "top_k must be an int >= 0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be a positive int"),
+        (dict(num_samples=0), "num_samples must be a positive int"),
+        (dict(prompts=[[1, 2], []]), "empty prompt"),
+        (dict(prompts=[]), "no prompts"),
+        (dict(prompts=[list(range(60))], max_new_tokens=10), "prompt has 60 tokens; with max_new_tokens=10 at most 54"),
+        (dict(prompts=[[1, 2, 500]]), "token id 500, outside the vocabulary"),
+    ],
+)
+def test_bad_generation_input(model, kwargs, message):
+    args = dict(prompts=PROMPTS, max_new_tokens=4) | kwargs
+    with pytest.raises(ValueError, match=message):
+        generate(model, args.pop("prompts"), args.pop("max_new_tokens"), **args)
+
+
+def test_truncation_keeps_the_last_tokens(model):
+    long = list(range(1, 61))
+    out = generate(model, [long], 10, temperature=0, truncate=True)
+    assert out.tokens == generate(model, [long[-54:]], 10, temperature=0).tokens
