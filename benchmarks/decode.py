@@ -9,6 +9,7 @@
     width (8 heads).
 
     python benchmarks/decode.py
+    python benchmarks/decode.py --batch 16 --recompute ""   # where the cache size starts to matter
 """
 
 from __future__ import annotations
@@ -30,32 +31,30 @@ VARIANTS = {
 
 
 @torch.no_grad()
-def recompute_greedy(model: QuatrixLM, prompt: list[int], steps: int) -> list[int]:
+def recompute_greedy(model: QuatrixLM, prompts: torch.Tensor, steps: int) -> list[list[int]]:
     """The uncached loop: a full forward over prompt + everything generated, every step."""
-    ids = torch.tensor([prompt])
-    new: list[int] = []
+    ids = prompts
     for _ in range(steps):
-        token = int(model(ids)["logits"][0, -1].argmax())
-        new.append(token)
-        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-    return new
+        token = model(ids)["logits"][:, -1].argmax(-1)  # [B]
+        ids = torch.cat([ids, token[:, None]], dim=1)
+    return ids[:, prompts.shape[1] :].tolist()
 
 
 @torch.no_grad()
-def cached_greedy(model: QuatrixLM, prompt: list[int], steps: int) -> tuple[list[int], float, float, int]:
+def cached_greedy(model: QuatrixLM, prompts: torch.Tensor, steps: int):
     """(tokens, prefill seconds, decode seconds, cache bytes) through the engine's cache."""
-    cache = Cache(model, 1, len(prompt) + steps)
+    cache = Cache(model, prompts.shape[0], prompts.shape[1] + steps)
     start = time.perf_counter()
-    logits = model(torch.tensor([prompt]), cache=cache)["logits"][:, -1]
+    logits = model(prompts, cache=cache)["logits"][:, -1]
     prefill = time.perf_counter() - start
     new = []
     start = time.perf_counter()
     for step in range(steps):
-        token = logits.argmax(-1)
-        new.append(int(token))
+        token = logits.argmax(-1)  # [B]
+        new.append(token)
         if step < steps - 1:
             logits = model(token[:, None], cache=cache)["logits"][:, -1]
-    return new, prefill, time.perf_counter() - start, cache.nbytes
+    return torch.stack(new, 1).tolist(), prefill, time.perf_counter() - start, cache.nbytes
 
 
 def main() -> None:
@@ -63,24 +62,26 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1, help="prompts decoded together")
     p.add_argument("--recompute", default="qcompass", help="variants also timed without a cache (comma-separated)")
     args = p.parse_args()
     torch.manual_seed(0)
-    prompt = torch.randint(0, 50257, (args.prompt_len,)).tolist()
+    prompts = torch.randint(0, 50257, (args.batch, args.prompt_len))
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} "
-          f"prompt={args.prompt_len} new={args.new_tokens} greedy, batch 1\n")
+          f"prompt={args.prompt_len} new={args.new_tokens} greedy, batch {args.batch}; tok/s counts every row\n")
     rows = {}
     for name, overrides in VARIANTS.items():
         torch.manual_seed(0)
         model = QuatrixLM(preset(args.preset, **overrides)).eval()
-        tokens, prefill, decode, nbytes = cached_greedy(model, prompt, args.new_tokens)
-        assert tokens == generate(model, [prompt], args.new_tokens, temperature=0).tokens[0]
-        row = dict(prefill=prefill, cached=args.new_tokens / decode, bytes=nbytes,
+        tokens, prefill, decode, nbytes = cached_greedy(model, prompts, args.new_tokens)
+        assert tokens == generate(model, prompts, args.new_tokens, temperature=0).tokens
+        produced = args.batch * args.new_tokens
+        row = dict(prefill=prefill, cached=produced / decode, bytes=nbytes,
                    floats=cache_floats_per_token(model.config))
         if name in args.recompute.split(","):
             start = time.perf_counter()
-            slow = recompute_greedy(model, prompt, args.new_tokens)
-            row["recompute"] = args.new_tokens / (time.perf_counter() - start)
+            slow = recompute_greedy(model, prompts, args.new_tokens)
+            row["recompute"] = produced / (time.perf_counter() - start)
             row["same_tokens"] = slow == tokens
         rows[name] = row
 

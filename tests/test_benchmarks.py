@@ -28,3 +28,16 @@ def test_benchmark_runs_and_prints_ratios():
     ).stdout
     rows = [line for line in out.splitlines() if line.startswith("| Q-Compass") or line.startswith("| attention")]
     assert len(rows) == 2 and "1.00x" in rows[1]
+
+
+@pytest.mark.slow
+def test_decode_benchmark_runs_and_checks_tokens():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "decode.py"), "--preset", "tiny", "--prompt-len", "16", "--new-tokens", "4",
+         "--batch", "2"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) >= {"qcompass", "savo", "mha"}
+    assert "| True |" in rows["qcompass"]  # cached and recomputed greedy tokens agree
+    assert rows["qcompass"].split("|")[2].strip() == str(128 + 32)  # tiny: H + r floats per token
