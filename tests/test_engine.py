@@ -9,11 +9,11 @@ from quatrix.engine import Cache, cache_floats_per_token, generate, left_pad, sa
 PROMPTS = [[5, 17, 3, 44, 9, 2, 81, 60], [7, 7, 12], [90, 1, 33, 4, 4]]
 
 
-def cached_logits(model, prompts, continuation, pixels=None, chunk=1):
+def cached_logits(model, prompts, continuation, pixels=None, chunk=1, mel=None):
     """Prefill the prompts, then feed `continuation` through the cache `chunk` tokens at a time."""
     ids, mask = left_pad(prompts)
     cache = Cache(model, ids.shape[0], ids.shape[1] + continuation.shape[1])
-    out = [model(ids, attention_mask=mask, pixel_values=pixels, cache=cache)["logits"]]
+    out = [model(ids, attention_mask=mask, pixel_values=pixels, mel_values=mel, cache=cache)["logits"]]
     for t in range(0, continuation.shape[1], chunk):
         out.append(model(continuation[:, t : t + chunk], cache=cache)["logits"])
     return torch.cat(out, dim=1), torch.cat([mask, torch.ones_like(continuation)], dim=1), cache
@@ -21,16 +21,18 @@ def cached_logits(model, prompts, continuation, pixels=None, chunk=1):
 
 @pytest.mark.parametrize("name, overrides", MIXER_VARIANTS)
 @pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("image", [False, True])
-def test_cached_decoding_equals_full_recomputation(name, overrides, rows, image):
-    model = QuatrixLM(tiny_config(use_vision=image, **overrides)).eval()
+@pytest.mark.parametrize("prefix", [None, "image", "image+audio"])
+def test_cached_decoding_equals_full_recomputation(name, overrides, rows, prefix):
+    model = QuatrixLM(tiny_config(use_vision=True, use_audio=True, **overrides)).eval()
     prompts = PROMPTS[:rows]
     continuation = torch.randint(0, 97, (rows, 6))
-    pixels = torch.randn(rows, 3, 32, 32) if image else None
+    pixels = torch.randn(rows, 3, 32, 32) if prefix else None
+    mel = torch.randn(rows, 4000) if prefix == "image+audio" else None
     with torch.no_grad():
-        cached, mask, _ = cached_logits(model, prompts, continuation, pixels)
+        cached, mask, _ = cached_logits(model, prompts, continuation, pixels, mel=mel)
         ids, _ = left_pad(prompts)
-        full = model(torch.cat([ids, continuation], 1), attention_mask=mask, pixel_values=pixels)["logits"]
+        full = model(torch.cat([ids, continuation], 1), attention_mask=mask, pixel_values=pixels,
+                     mel_values=mel)["logits"]
     real = mask.bool()
     assert_close(cached[real], full[real], rtol=1e-4, atol=1e-5)
 
