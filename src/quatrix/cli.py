@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from quatrix.config import PRESETS
 
@@ -64,7 +65,8 @@ def parse_token_ids(text: str, source: str) -> list[int]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Stream a continuation of a token-id prompt from a checkpoint (or a random preset)."""
+    """Stream a continuation of a prompt: text when the checkpoint carries a tokenizer, token
+    ids otherwise (or with --ids; a random preset has no tokenizer)."""
     from pathlib import Path
 
     import torch
@@ -72,17 +74,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from quatrix.config import preset
     from quatrix.engine import stream
     from quatrix.model import QuatrixLM
+    from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer
     from quatrix.vision import load_image
 
+    text = args.prompt
     if args.prompt_file:
         path = Path(args.prompt_file)
         if not path.is_file():
             raise FileNotFoundError(f"prompt file not found: {path}")
-        prompt = parse_token_ids(path.read_text(), str(path))
-    else:
-        prompt = parse_token_ids(args.prompt, "--prompt")
+        text = path.read_text()
     torch.manual_seed(args.seed)
-    model = QuatrixLM.from_pretrained(args.ckpt) if args.ckpt else QuatrixLM(preset(args.preset))
+    tokenizer = None
+    if args.ckpt and has_tokenizer(args.ckpt):
+        model, tokenizer = load_model_and_tokenizer(args.ckpt)
+    else:
+        model = QuatrixLM.from_pretrained(args.ckpt) if args.ckpt else QuatrixLM(preset(args.preset))
+    if args.ids or tokenizer is None:
+        prompt = parse_token_ids(text, "--prompt-file" if args.prompt_file else "--prompt")
+    else:
+        prompt = tokenizer.encode(text)
+        args.stop_id = [*args.stop_id, tokenizer.eot_id]
     pixels = None
     if args.image:
         if model.vision is None:
@@ -93,18 +104,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stop_token_ids=args.stop_id, num_samples=args.num_samples, pixel_values=pixels, truncate=args.truncate,
         generator=torch.Generator().manual_seed(args.seed),
     )
+    def show(ids: list[int]) -> str:
+        return tokenizer.decode(ids) if tokenizer is not None and not args.ids else " ".join(map(str, ids)) + " "
+
     rows: list[list[int]] = [[] for _ in range(args.num_samples)]
     for tokens, active in steps:
         for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
             if a and t not in args.stop_id:
                 rows[i].append(t)
                 if args.num_samples == 1:  # stream the single sample as it is made
-                    print(t, end=" ", flush=True)
+                    print(show([t]), end="", flush=True)
     if args.num_samples == 1:
         print()
     else:
         for i, row in enumerate(rows):
-            print(f"[{i}] " + " ".join(map(str, row)))
+            print(f"[{i}] " + show(row))
     return 0
 
 
@@ -126,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--ckpt", help="checkpoint directory")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a randomly initialised preset (smoke tests)")
     prompt = gen.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="token ids, e.g. '15496 995'")
-    prompt.add_argument("--prompt-file", help="a file of token ids")
+    prompt.add_argument("--prompt", help="text (or token ids such as '15496 995' without a tokenizer)")
+    prompt.add_argument("--prompt-file", help="a file holding the prompt")
+    gen.add_argument("--ids", action="store_true", help="the prompt is token ids even if a tokenizer exists")
     gen.add_argument("--image", help="an image file for models with vision")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -137,14 +152,102 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--truncate", action="store_true", help="keep the prompt's last tokens if it is too long")
+
+
+    pre = sub.add_parser("pretrain", help="pretrain a language model on text (stage 1)")
+    from quatrix.train.pretrain import add_arguments
+
+    add_arguments(pre)
+
+    ev = sub.add_parser("eval", help="perplexity and bits per byte of a checkpoint on a corpus")
+    ev.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
+    ev.add_argument("--data", action="append", required=True, help="named corpus or path (repeatable)")
+    ev.add_argument("--split", choices=["val", "train", "all"], default="val")
+    ev.add_argument("--seq-len", type=int, default=128)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-batches", type=int, default=None)
+    ev.add_argument("--cache-dir", default=".token_cache")
+    ev.add_argument("--json", action="store_true")
+
+    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    train = tok_sub.add_parser("train", help="train on a corpus and save to a directory")
+    train.add_argument("--data", action="append", required=True, help="named corpus or path (repeatable)")
+    train.add_argument("--vocab-size", type=int, default=4096)
+    train.add_argument("--out", required=True)
     return parser
 
 
-COMMANDS = {"info": cmd_info, "generate": cmd_generate}
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from quatrix.train.pretrain import main as pretrain
+
+    return pretrain(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Perplexity (and bits per byte, comparable across tokenizers) of a checkpoint."""
+    import numpy as np
+
+    from quatrix.data.text import load_tokens, prepare_tokens
+    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.train.common import evaluate_tokens
+
+    model, tokenizer = load_model_and_tokenizer(args.ckpt)
+    if args.seq_len > model.config.max_seq_len:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
+    paths = prepare_tokens(args.data, tokenizer, args.cache_dir)
+    splits = ["train", "val"] if args.split == "all" else [args.split]
+    tokens = np.concatenate([load_tokens(paths[s], tokenizer.vocab_size) for s in splits])
+    result = evaluate_tokens(model, tokens, args.seq_len, args.batch_size, tokenizer, args.max_batches)
+    result.update(data=args.data, split=args.split, ckpt=args.ckpt)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{'+'.join(args.data)} ({args.split}): loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+              f"bits/byte {result['bits_per_byte']:.4f}  over {result['tokens']:,} tokens")
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from quatrix.data.text import read_documents
+    from quatrix.tokenizer import train_tokenizer
+
+    docs = [doc for source in args.data for doc in read_documents(source)]
+    tok = train_tokenizer(docs, args.vocab_size, args.out)
+    sample = docs[0][:60]
+    print(f"trained a {tok.vocab_size}-token byte-level BPE on {len(docs)} documents -> {args.out}")
+    print(f"{sample!r} -> {len(tok.encode(sample))} tokens")
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "pretrain": cmd_pretrain, "eval": cmd_eval,
+            "tokenizer": cmd_tokenizer}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse; options from a `--config FILE.json` become defaults that flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            parser.error(f"config file not found: {path}")
+        try:
+            options = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            parser.error(f"{path}: not valid JSON ({e})")
+        known = vars(args)
+        unknown = sorted(k for k in options if k.replace("-", "_") not in known)
+        if unknown:
+            parser.error(f"{path}: unknown option(s) {', '.join(unknown)}")
+        subparser = parser._subparsers._group_actions[0].choices[args.command]
+        subparser.set_defaults(**{k.replace("-", "_"): v for k, v in options.items()})
+        args = parser.parse_args(argv)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:

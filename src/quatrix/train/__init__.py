@@ -1,0 +1,1 @@
+"""Training stages: one module per stage, shared helpers in common.py."""

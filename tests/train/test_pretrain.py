@@ -1,0 +1,135 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from quatrix import QuatrixLM
+from quatrix.cli import main
+from quatrix.tokenizer import train_tokenizer
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    rng = np.random.default_rng(0)
+    text = "\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(3000)) + "\n"
+    (root / "corpus.txt").write_text(text)
+    train_tokenizer([text], 300, root / "tok")
+    return root
+
+
+def run(setup, out, *extra):
+    args = ["pretrain", "--preset", "tiny", "--data", str(setup / "corpus.txt"), "--tokenizer", str(setup / "tok"),
+            "--batch-size", "4", "--seq-len", "32", "--steps", "6", "--warmup", "2", "--eval-every", "3",
+            "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "1e-2",
+            "--cache-dir", str(setup / "cache"), "--out", str(setup / out), *extra]
+    return main(args)
+
+
+def losses(setup, out):
+    return [r["loss"] for r in map(json.loads, (setup / out / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_few_steps_write_every_output(setup):
+    assert run(setup, "basic") == 0
+    out = setup / "basic"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert {"step", "loss", "lr", "tokens_per_s", "grad_norm"} <= set(records[0])
+    assert "val_loss" in records[2] and "val_loss" in records[5] and "val_loss" not in records[0]
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["model"]["vocab_size"] == 300 and config["args"]["steps"] == 6
+    ckpt = out / "checkpoint"
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json",
+                                                 "tokenizer_meta.json", "trainer_state.pt"}
+    assert QuatrixLM.from_pretrained(ckpt).config.vocab_size == 300
+
+
+def test_resume_repeats_the_uninterrupted_losses_exactly(setup):
+    assert run(setup, "straight") == 0
+    assert run(setup, "killed", "--stop-after", "5") == 0  # dies after step 5; last checkpoint: step 4
+    assert len(losses(setup, "killed")) == 5
+    assert run(setup, "killed", "--resume") == 0
+    assert losses(setup, "killed") == losses(setup, "straight")  # identical, step for step
+
+
+def test_muon_trains(setup):
+    assert run(setup, "muon", "--optimizer", "muon") == 0
+    values = losses(setup, "muon")
+    assert values[-1] < values[0]
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(setup):
+    assert run(setup, "big", "--batch-size", "4") == 0
+    assert run(setup, "accum", "--batch-size", "2", "--grad-accum", "2") == 0
+    np.testing.assert_allclose(losses(setup, "accum"), losses(setup, "big"), rtol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, monkeypatch, capsys):
+    calls = {"n": 0}
+    forward = QuatrixLM.forward
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3 and out["loss"] is not None:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(QuatrixLM, "forward", poisoned)
+    assert run(setup, "nan") == 1
+    err = capsys.readouterr().err
+    assert "loss became nan at step 3" in err and "step 2" in err
+    state = torch.load(setup / "nan" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 2
+
+
+def test_bad_arguments(setup, capsys):
+    assert run(setup, "bad", "--resume") == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert run(setup, "bad", "--seq-len", "5000") == 2
+    assert "exceeds the preset's max_seq_len" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(setup / "missing.txt"), "--out", str(setup / "bad")]) == 2
+    assert "data not found" in capsys.readouterr().err
+
+
+def test_config_file_supplies_defaults(setup):
+    (setup / "opts.json").write_text(json.dumps({"steps": 2, "optimizer": "muon"}))
+    assert run(setup, "cfg", "--config", str(setup / "opts.json"), "--steps", "3") == 0
+    saved = json.loads((setup / "cfg" / "run_config.json").read_text())["args"]
+    assert saved["steps"] == 3 and saved["optimizer"] == "muon"  # the flag wins, the file fills in
+
+
+def test_eval_reports_perplexity_and_bits_per_byte(setup, capsys):
+    assert run(setup, "for_eval") == 0
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(setup / "for_eval" / "checkpoint"), "--data", str(setup / "corpus.txt"),
+                 "--seq-len", "32", "--cache-dir", str(setup / "cache"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    final_val = [json.loads(line) for line in (setup / "for_eval" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert result["perplexity"] == pytest.approx(np.exp(result["loss"]))
+    assert result["loss"] == pytest.approx(final_val["val_loss"], rel=0.05)
+    assert 0 < result["bits_per_byte"] < 8
+
+
+def test_two_process_ddp_matches_one_process_with_the_global_batch(setup):
+    assert run(setup, "single", "--batch-size", "4") == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "quatrix.cli", "pretrain", "--preset", "tiny", "--data", str(setup / "corpus.txt"),
+           "--tokenizer", str(setup / "tok"), "--batch-size", "2", "--seq-len", "32", "--steps", "6", "--warmup", "2",
+           "--eval-every", "3", "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "1e-2",
+           "--cache-dir", str(setup / "cache"), "--out", str(setup / "ddp"), "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((setup / "ddp" / "run_config.json").read_text())["world_size"] == 2
+    np.testing.assert_allclose(losses(setup, "ddp"), losses(setup, "single"), rtol=1e-4)
