@@ -133,3 +133,20 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(setup):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((setup / "ddp" / "run_config.json").read_text())["world_size"] == 2
     np.testing.assert_allclose(losses(setup, "ddp"), losses(setup, "single"), rtol=1e-4)
+
+
+def test_text_and_image_mixture_trains_vision_and_resumes_exactly(setup):
+    extra = ("--image-data", "clevr", "--mixture", "text=0.5,image=0.5")
+    assert run(setup, "mix", *extra) == 0
+    records = [json.loads(line) for line in (setup / "mix" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in records} == {"text", "image"}
+    model = QuatrixLM.from_pretrained(setup / "mix" / "checkpoint")
+    assert model.config.use_vision and model.vision is not None
+    assert run(setup, "mix_killed", *extra, "--stop-after", "5") == 0
+    assert run(setup, "mix_killed", *extra, "--resume") == 0
+    assert losses(setup, "mix_killed") == losses(setup, "mix")
+
+
+def test_mixture_needs_image_data(setup, capsys):
+    assert run(setup, "bad_mix", "--mixture", "text=0.5,image=0.5") == 2
+    assert "give --image-data" in capsys.readouterr().err

@@ -21,6 +21,8 @@ import torch
 from tqdm import tqdm
 
 from quatrix.config import PRESETS, preset
+from quatrix.data.images import ImageTextLoader, ImageTextSource
+from quatrix.data.mixture import Mixture, parse_mixture
 from quatrix.data.text import CORPORA, DEFAULT_CORPUS, TokenLoader, load_tokens, prepare_tokens
 from quatrix.model import QuatrixLM
 from quatrix.tokenizer import load_tokenizer
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--savo", action="store_true", help="Q-Compass with Q-value content")
     p.add_argument("--data", action="append", help=f"named corpus ({', '.join(CORPORA)}) or path; repeatable "
                                                    f"(default: {DEFAULT_CORPUS})")
+    p.add_argument("--image-data", help="image-text pairs: clevr, digits, a .jsonl or a folder (enables vision)")
+    p.add_argument("--mixture", help="source weights per step, e.g. text=0.7,image=0.3 (default with "
+                                     "--image-data: text=0.7,image=0.3; else text only)")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a trained tokenizer directory")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps in all")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step per process (before accumulation)")
@@ -65,6 +70,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.seq_len < 2:
         raise ValueError("--steps, --batch-size and --grad-accum must be >= 1, --seq-len >= 2")
+    weights = parse_mixture(args.mixture or ("text=0.7,image=0.3" if args.image_data else "text=1"))
+    if "image" in weights and not args.image_data:
+        raise ValueError("--mixture uses image data: give --image-data (clevr, digits or a path)")
     if args.resume and not (out / common.CHECKPOINT_DIR).is_dir():
         raise FileNotFoundError(f"--resume: no checkpoint at {out / common.CHECKPOINT_DIR}")
     out.mkdir(parents=True, exist_ok=True)
@@ -76,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in (("mixer", args.mixer), ("q_heads", args.q_heads)) if v is not None})
     if args.savo:
         overrides["q_value_content"] = True
+    if "image" in weights:
+        overrides["use_vision"] = True
     config = preset(args.preset, **overrides)
     if args.seq_len > config.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the preset's max_seq_len {config.max_seq_len}")
@@ -98,7 +108,12 @@ def main(args: argparse.Namespace) -> int:
     d.barrier()
     paths = prepare_tokens(sources, tokenizer, cache_dir)
     train_tokens, val_tokens = (load_tokens(paths[s], tokenizer.vocab_size) for s in ("train", "val"))
-    loader = TokenLoader(train_tokens, args.seq_len, args.batch_size, args.seed, d.rank, d.world_size)
+    loaders = {"text": TokenLoader(train_tokens, args.seq_len, args.batch_size, args.seed, d.rank, d.world_size)}
+    if "image" in weights:
+        images = ImageTextSource(args.image_data, config.image_size, args.seed)
+        loaders["image"] = ImageTextLoader(images, tokenizer, args.seq_len, args.batch_size, args.seed, d.rank,
+                                           d.world_size)
+    loader = Mixture(loaders, weights, args.seed)
 
     # ---------------------------------------------------------------- optimizer, resume
     optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
@@ -116,7 +131,8 @@ def main(args: argparse.Namespace) -> int:
     if d.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(train_model, device_ids=[d.local_rank] if "cuda" in device else None)
+        train_model = DistributedDataParallel(train_model, device_ids=[d.local_rank] if "cuda" in device else None,
+                                              find_unused_parameters=len(weights) > 1)  # text steps skip vision
     metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if "cuda" in device else contextlib.nullcontext()
 
@@ -129,10 +145,11 @@ def main(args: argparse.Namespace) -> int:
         lr = common.set_lr(optimizers, common.lr_factor(step, args.warmup, args.steps))
         loss_sum = torch.zeros((), device=device)
         for micro in range(args.grad_accum):
-            ids = loader.next_batch().to(device)
+            source, batch = loader.next_batch(step)
+            batch = {k: v.to(device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == args.grad_accum - 1 or d.world_size == 1 else train_model.no_sync()
             with sync, autocast:
-                loss = train_model(ids, labels=ids)["loss"] / args.grad_accum
+                loss = train_model(**batch)["loss"] / args.grad_accum
             with sync:
                 loss.backward()
             loss_sum += loss.detach()
@@ -148,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
             opt.step()
             opt.zero_grad(set_to_none=True)
         done = step + 1
-        record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+        record = {"step": done, "loss": loss_value, "source": source, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
         if done % args.eval_every == 0 or done == args.steps:
             val = common.evaluate_tokens(model, val_tokens, args.seq_len, args.batch_size,

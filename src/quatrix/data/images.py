@@ -1,0 +1,202 @@
+"""Image-text data: built-in CLEVR-style scenes and scikit-learn's digits, or the user's
+pairs; served as (input_ids, labels, pixel_values) batches in a seeded, resumable order.
+
+  clevr   shapes of known colour, size and position drawn with Pillow, with a caption or a
+          question/answer pair whose answer is known exactly (visual QA is measurable)
+  digits  scikit-learn's 1,797 bundled 8x8 handwritten digits, upscaled, "a handwritten 7"
+  PATH    a .jsonl of {"image": path, "text": caption} (paths relative to the file), or a
+          folder of images each with a same-named .txt caption
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quatrix.vision import load_image
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+           "purple": (150, 60, 190), "cyan": (40, 200, 210)}
+SHAPES = ("circle", "square", "triangle")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass
+class Shape:
+    shape: str
+    colour: str
+    large: bool
+    x: float  # centre, fraction of the width
+    y: float
+
+    def words(self) -> str:
+        return f"{'large' if self.large else 'small'} {self.colour} {self.shape}"
+
+
+def clevr_scene(rng: np.random.Generator, max_shapes: int = 4) -> list[Shape]:
+    """1..max_shapes shapes, distinct (shape, colour) pairs, spread over the canvas."""
+    n = int(rng.integers(1, max_shapes + 1))
+    pairs = rng.permutation(len(SHAPES) * len(COLOURS))[:n]
+    colours = list(COLOURS)
+    xs = (rng.permutation(4)[:n] + rng.uniform(0.25, 0.75, n)) / 4  # one shape per column band
+    return [Shape(SHAPES[p % len(SHAPES)], colours[p // len(SHAPES)], bool(rng.integers(2)), float(x),
+                  float(rng.uniform(0.25, 0.75))) for p, x in zip(pairs, xs)]
+
+
+def draw_scene(shapes: list[Shape], size: int):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    for s in shapes:
+        r = size * (0.12 if s.large else 0.07)
+        cx, cy = s.x * size, s.y * size
+        box = (cx - r, cy - r, cx + r, cy + r)
+        fill = COLOURS[s.colour]
+        if s.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif s.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return image
+
+
+def describe(shapes: list[Shape], rng: np.random.Generator) -> str:
+    """A caption, or a question with its exact answer."""
+    ordered = sorted(shapes, key=lambda s: s.x)  # left to right
+    kind = int(rng.integers(4))
+    if kind == 0 or len(shapes) == 1:
+        return "From left to right: " + ", ".join(f"a {s.words()}" for s in ordered) + "."
+    if kind == 1:
+        return f"Question: how many shapes are there? Answer: {len(shapes)}."
+    if kind == 2:
+        s = shapes[int(rng.integers(len(shapes)))]
+        return f"Question: what colour is the {s.shape} on the {'left' if s.x < 0.5 else 'right'} half? " \
+               f"Answer: {s.colour}." if sum(t.shape == s.shape for t in shapes) == 1 else \
+               f"Question: what shape is the {s.colour} object? Answer: {s.shape}."
+    a, b = (shapes[i] for i in rng.permutation(len(shapes))[:2])
+    return f"Question: is the {a.colour} {a.shape} left of the {b.colour} {b.shape}? Answer: {'yes' if a.x < b.x else 'no'}."
+
+
+def image_to_tensor(image, size: int) -> torch.Tensor:
+    """A PIL image -> [3, size, size] in [-1, 1], the same preprocessing as vision.load_image."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
+
+
+class ImageTextSource:
+    """example(i) -> ([3, S, S] image, text), deterministic in (seed, i); `size` examples
+    (None: endless, generated)."""
+
+    def __init__(self, name_or_path: str, image_size: int, seed: int = 0):
+        self.image_size, self.seed = image_size, seed
+        self.size: int | None
+        if name_or_path == "clevr":
+            self.kind, self.size = "clevr", None
+        elif name_or_path == "digits":
+            self.kind = "digits"
+            from sklearn.datasets import load_digits
+
+            digits = load_digits()
+            self.images, self.labels = digits.images, digits.target  # [N, 8, 8] in 0..16
+            self.size = len(self.labels)
+        else:
+            self.kind = "pairs"
+            self.pairs = read_pairs(Path(name_or_path))
+            self.size = len(self.pairs)
+
+    def example(self, index: int) -> tuple[torch.Tensor, str]:
+        from PIL import Image
+
+        if self.kind == "clevr":
+            rng = np.random.default_rng([self.seed, index])
+            shapes = clevr_scene(rng)
+            return image_to_tensor(draw_scene(shapes, self.image_size), self.image_size), describe(shapes, rng)
+        if self.kind == "digits":
+            gray = (self.images[index] * (255 / 16)).astype(np.uint8)
+            image = Image.fromarray(gray).resize((self.image_size, self.image_size), Image.Resampling.NEAREST)
+            return image_to_tensor(image, self.image_size), f"A handwritten digit {self.labels[index]}."
+        path, text = self.pairs[index]
+        return load_image(path, self.image_size), text
+
+
+def read_pairs(path: Path) -> list[tuple[Path, str]]:
+    """(image path, text) pairs from a .jsonl or a folder of images with .txt captions."""
+    if not path.exists():
+        raise FileNotFoundError(f"image-text data not found: {path} (built-in: clevr, digits)")
+    pairs = []
+    if path.is_dir():
+        for image in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            caption = image.with_suffix(".txt")
+            if not caption.is_file():
+                raise ValueError(f"{image} has no caption file {caption.name}")
+            pairs.append((image, caption.read_text().strip()))
+    else:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                image, text = path.parent / record["image"], record["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{number}: expected {{\"image\": path, \"text\": caption}}") from None
+            if not image.is_file():
+                raise FileNotFoundError(f"{path}:{number}: image not found: {image}")
+            pairs.append((image, text))
+    if not pairs:
+        raise ValueError(f"{path} holds no image-text pairs")
+    return pairs
+
+
+class ImageTextLoader:
+    """Batches {input_ids [B, L], labels [B, L] (-100 on padding), pixel_values [B, 3, S, S]}:
+    each caption is tokenized between two end-of-text tokens (the first one, after the image,
+    lets the model predict the caption's first word), cut to L tokens and right-padded.
+    Finite sources are reshuffled every epoch; rank r takes its rows of each global batch."""
+
+    def __init__(self, source: ImageTextSource, tokenizer, seq_len: int, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.source, self.tokenizer, self.seq_len, self.batch_size = source, tokenizer, seq_len, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        if source.size is not None and source.size < batch_size * world_size:
+            raise ValueError(f"{source.size} image-text pairs: fewer than one batch of {batch_size * world_size}")
+        self.epoch, self.cursor = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation)
+
+    def _index(self, position: int) -> int:
+        if self.source.size is None:
+            return position
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.source.size))
+        return int(self._order[1][position])
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        rows = self.batch_size * self.world_size
+        if self.source.size is not None and self.cursor + rows > self.source.size:
+            self.epoch, self.cursor = self.epoch + 1, 0
+        start = self.cursor + self.rank * self.batch_size
+        examples = [self.source.example(self._index(p)) for p in range(start, start + self.batch_size)]
+        self.cursor += rows
+        ids = torch.full((self.batch_size, self.seq_len), self.tokenizer.eot_id, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        for i, (_, text) in enumerate(examples):
+            eot = self.tokenizer.eot_id
+            tokens = ([eot] + self.tokenizer.encode(text) + [eot])[: self.seq_len]
+            ids[i, : len(tokens)] = torch.tensor(tokens)
+            labels[i, : len(tokens)] = ids[i, : len(tokens)]
+        return {"input_ids": ids, "labels": labels, "pixel_values": torch.stack([img for img, _ in examples])}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
