@@ -162,13 +162,14 @@ def next_token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> 
     """Cross-entropy of logits[:, t] against labels[:, t + 1], ignore_index=-100, in fp32.
 
     reduction="none" returns [B, L-1] per-token losses (0 at ignored positions), the form
-    RL stages use for per-token log-probabilities.
+    RL stages use for per-token log-probabilities. The targets are shifted rather than the
+    logits: slicing [B, L, V] logits would cost a copy of them in backward.
     """
-    V = logits.shape[-1]
-    targets = labels[:, 1:]
+    B, L, V = logits.shape
+    targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), -100)], dim=1)  # [B, L]
     per_token = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, V), targets.reshape(-1), ignore_index=-100, reduction="none"
-    ).view_as(targets)  # [B, L-1]
+        logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(B, L)[:, :-1]  # [B, L-1]
     if reduction == "none":
         return per_token
     if reduction == "sum":

@@ -66,3 +66,24 @@ def parameter_table(counts: dict[str, int]) -> str:
     if "mixer_weights_per_layer" in counts:
         lines.append(f"mixer weight matrices per layer: {counts['mixer_weights_per_layer']:,}")
     return "\n".join(lines)
+
+
+def training_flops_per_token(config, seq_len: int) -> float:
+    """Analytic matmul FLOPs to train the language model on one token of a causal sequence of
+    `seq_len` (forward + backward = 3x forward): 6 per weight of every projection, FFN and the
+    output head, plus the mixer's [L, L] terms (routing and gather), which the causal mask
+    halves on average. Embedding lookups, norms and softmax are not counted (as is usual
+    for MFU)."""
+    H, r, V, N = config.hidden_size, config.q_rank, config.vocab_size, config.num_layers
+    keys = seq_len / 2  # causal: the average query routes over half the sequence
+    if config.mixer == "mha":
+        proj, pair = 4 * H * H, 2 * H
+    elif config.mixer == "mha_rank":
+        proj, pair = 4 * H * r, 2 * r
+    elif config.q_value_content:  # folded W_o W_c (r x H per head) after a rank-r gather per head
+        proj, pair = 2 * H * r + config.q_heads * r * H, r + config.q_heads * r
+    else:
+        proj, pair = 2 * H * r + H * H, r + H
+    ffn = 2 * H * config.ffn_ratio * H
+    forward = 2 * N * (proj + ffn) + 2 * N * pair * keys + 2 * H * V
+    return 3.0 * forward
