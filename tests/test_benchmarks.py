@@ -41,3 +41,15 @@ def test_decode_benchmark_runs_and_checks_tokens():
     assert set(rows) >= {"qcompass", "savo", "mha"}
     assert "| True |" in rows["qcompass"]  # cached and recomputed greedy tokens agree
     assert rows["qcompass"].split("|")[2].strip() == str(128 + 32)  # tiny: H + r floats per token
+
+
+@pytest.mark.slow
+def test_train_throughput_benchmark_reports_mfu():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "train_throughput.py"), "--preset", "tiny", "--batch-size", "2", "--seq-len", "32",
+         "--steps", "1", "--warmup", "0"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| qcompass") or line.startswith("| mha")]
+    assert len(rows) == 2 and rows[1].split("|")[6].strip() == "1.00x"
+    assert all(line.split("|")[5].strip().endswith("%") for line in rows)

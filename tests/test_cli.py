@@ -66,3 +66,17 @@ def test_generate_errors(tmp_path, capsys):
     assert "could not read image" in capsys.readouterr().err
     assert main(["generate", "--preset", "tiny", "--prompt", "1", "--top-p", "2"]) == 2
     assert "top_p must be in" in capsys.readouterr().err
+
+
+def test_generate_with_a_tokenizer_takes_and_prints_text(tmp_path, capsys):
+    from quatrix.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["once upon a time there was a café " * 40], 300)
+    QuatrixLM(tiny_config(vocab_size=tok.vocab_size)).save_pretrained(tmp_path / "c")
+    tok.save(tmp_path / "c")
+    assert main(["generate", "--ckpt", str(tmp_path / "c"), "--prompt", "once upon", "--max-new-tokens", "12",
+                 "--temperature", "0"]) == 0
+    text = capsys.readouterr().out
+    model = QuatrixLM.from_pretrained(tmp_path / "c")
+    expected = model.generate([tok.encode("once upon")], 12, temperature=0, stop_token_ids=[tok.eot_id]).tokens[0]
+    assert text == tok.decode(expected) + "\n"

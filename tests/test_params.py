@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from conftest import tiny_config
 from quatrix import QuatrixLM, count_parameters, parameter_table, preset
@@ -36,3 +37,15 @@ def test_table_lists_components():
     text = parameter_table(count_parameters(QuatrixLM(tiny_config(use_vision=True))))
     for word in ("embeddings", "mixers", "ffns", "vision", "projection", "total", "mixer weight matrices"):
         assert word in text
+
+
+@pytest.mark.parametrize("mixer, heads, pair", [("qcompass", 1, 32 + 128), ("mha", 4, 2 * 128), ("mha_rank", 4, 2 * 32)])
+def test_training_flops_count_every_projection_weight_six_times(mixer, heads, pair):
+    from quatrix.params import training_flops_per_token
+
+    cfg = preset("tiny", mixer=mixer, q_heads=heads)  # H=128, r=32, 4 layers
+    model = QuatrixLM(cfg)
+    weights = sum(m.weight.numel() for n, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and (n.startswith("blocks.") or n == "head"))
+    L = 64
+    assert training_flops_per_token(cfg, L) == 6 * weights + 3 * 2 * cfg.num_layers * pair * L / 2

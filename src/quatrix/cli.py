@@ -108,12 +108,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return tokenizer.decode(ids) if tokenizer is not None and not args.ids else " ".join(map(str, ids)) + " "
 
     rows: list[list[int]] = [[] for _ in range(args.num_samples)]
+    shown = ""
     for tokens, active in steps:
         for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
             if a and t not in args.stop_id:
                 rows[i].append(t)
-                if args.num_samples == 1:  # stream the single sample as it is made
-                    print(show([t]), end="", flush=True)
+        if args.num_samples == 1:  # stream the single sample; decode it whole so multi-byte characters survive
+            text = show(rows[0])
+            if not text.endswith("\ufffd"):
+                print(text[len(shown):], end="", flush=True)
+                shown = text
+    if args.num_samples == 1:
+        print(show(rows[0])[len(shown):], end="")
     if args.num_samples == 1:
         print()
     else:
