@@ -80,3 +80,17 @@ def test_generate_with_a_tokenizer_takes_and_prints_text(tmp_path, capsys):
     model = QuatrixLM.from_pretrained(tmp_path / "c")
     expected = model.generate([tok.encode("once upon")], 12, temperature=0, stop_token_ids=[tok.eot_id]).tokens[0]
     assert text == tok.decode(expected) + "\n"
+
+
+def test_tokenizer_train_command(tmp_path, capsys):
+    from quatrix.tokenizer import load_tokenizer
+
+    (tmp_path / "corpus.txt").write_text("the rain in spain stays mainly in the plain\n" * 200)
+    assert main(["tokenizer", "train", "--data", str(tmp_path / "corpus.txt"), "--vocab-size", "300",
+                 "--out", str(tmp_path / "tok")]) == 0
+    assert "trained a" in capsys.readouterr().out
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.decode(tok.encode("the rain in spain")) == "the rain in spain"
+    assert len(tok.encode("the rain in spain")) < len("the rain in spain") // 2  # it learned merges
+    assert main(["tokenizer", "train", "--data", str(tmp_path / "none.txt"), "--out", str(tmp_path / "t2")]) == 2
+    assert "data not found" in capsys.readouterr().err
