@@ -48,9 +48,7 @@ VisionEncoder = QuatrixVision  # the original package's name
 
 
 def load_image(path: str | Path, size: int) -> Tensor:
-    """An image file -> [3, size, size] float tensor in [-1, 1] (RGB, resized): the
-    preprocessing QuatrixVision expects."""
-    import numpy as np
+    """An image file -> [3, size, size] float tensor in [-1, 1] (see `image_to_tensor`)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -58,9 +56,18 @@ def load_image(path: str | Path, size: int) -> Tensor:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            return image_to_tensor(image, size)
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"could not read image {path}: {e}") from None
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # [S, S, 3]
-    return pixels.permute(2, 0, 1) / 127.5 - 1.0
 
+
+def image_to_tensor(image, size: int) -> Tensor:
+    """A PIL image -> [3, size, size] in [-1, 1]: RGB, bicubic resize, x / 127.5 - 1. The one
+    preprocessing QuatrixVision sees, in training and at inference."""
+    import numpy as np
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0

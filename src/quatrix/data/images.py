@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.vision import load_image
+from quatrix.vision import image_to_tensor, load_image
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
            "purple": (150, 60, 190), "cyan": (40, 200, 210)}
@@ -81,16 +81,6 @@ def describe(shapes: list[Shape], rng: np.random.Generator) -> str:
                f"Question: what shape is the {s.colour} object? Answer: {s.shape}."
     a, b = (shapes[i] for i in rng.permutation(len(shapes))[:2])
     return f"Question: is the {a.colour} {a.shape} left of the {b.colour} {b.shape}? Answer: {'yes' if a.x < b.x else 'no'}."
-
-
-def image_to_tensor(image, size: int) -> torch.Tensor:
-    """A PIL image -> [3, size, size] in [-1, 1], the same preprocessing as vision.load_image."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
 
 
 class ImageTextSource:
