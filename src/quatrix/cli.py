@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache-dir", default=".token_cache")
     ev.add_argument("--json", action="store_true")
 
+    abl = sub.add_parser("ablate", help="multi-seed comparison of Q-Compass variants against attention")
+    from quatrix.train.ablate import add_arguments as add_ablate_arguments
+
+    add_ablate_arguments(abl)
+
     tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     train = tok_sub.add_parser("train", help="train on a corpus and save to a directory")
@@ -190,22 +195,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return pretrain(args)
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from quatrix.train.ablate import main as ablate
+
+    return ablate(args)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity (and bits per byte, comparable across tokenizers) of a checkpoint."""
-    import numpy as np
+    from quatrix.eval.perplexity import evaluate_checkpoint
 
-    from quatrix.data.text import load_tokens, prepare_tokens
-    from quatrix.tokenizer import load_model_and_tokenizer
-    from quatrix.train.common import evaluate_tokens
-
-    model, tokenizer = load_model_and_tokenizer(args.ckpt)
-    if args.seq_len > model.config.max_seq_len:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
-    paths = prepare_tokens(args.data, tokenizer, args.cache_dir)
-    splits = ["train", "val"] if args.split == "all" else [args.split]
-    tokens = np.concatenate([load_tokens(paths[s], tokenizer.vocab_size) for s in splits])
-    result = evaluate_tokens(model, tokens, args.seq_len, args.batch_size, tokenizer, args.max_batches)
-    result.update(data=args.data, split=args.split, ckpt=args.ckpt)
+    result = evaluate_checkpoint(args.ckpt, args.data, args.split, args.seq_len, args.batch_size, args.max_batches,
+                                 args.cache_dir)
     if args.json:
         print(json.dumps(result))
     else:
@@ -227,7 +228,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "pretrain": cmd_pretrain, "eval": cmd_eval,
-            "tokenizer": cmd_tokenizer}
+            "tokenizer": cmd_tokenizer, "ablate": cmd_ablate}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

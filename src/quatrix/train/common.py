@@ -188,6 +188,29 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
+    """OUT/summary.json: final losses, median training throughput and peak memory of the run."""
+    import statistics
+
+    from quatrix.checkpoint import atomic_write_text
+
+    records = read_metrics(metrics_path)
+    val = [r for r in records if "val_loss" in r]
+    if str(device).startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        with open("/proc/self/status") as f:  # Linux: the resident-set high-water mark
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    summary = {
+        "steps": records[-1]["step"], "loss": records[-1]["loss"],
+        "val_loss": val[-1]["val_loss"] if val else None,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
+        "peak_memory_mib": peak,
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def plot_losses(metrics_path: Path, png: Path) -> None:
     """Training and validation loss against step, written atomically as a PNG."""
     import matplotlib

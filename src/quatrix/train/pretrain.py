@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--mixer", choices=["qcompass", "mha", "mha_rank"], help="override the preset's mixer")
     p.add_argument("--q-heads", type=int)
+    p.add_argument("--hidden-size", type=int, help="override the preset's width H")
+    p.add_argument("--num-layers", type=int, help="override the preset's depth")
     p.add_argument("--savo", action="store_true", help="Q-Compass with Q-value content")
     p.add_argument("--data", action="append", help=f"named corpus ({', '.join(CORPORA)}) or path; repeatable "
                                                    f"(default: {DEFAULT_CORPUS})")
@@ -81,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
     # ---------------------------------------------------------------- tokenizer and model
     tokenizer = load_tokenizer(args.tokenizer)
     overrides = {"vocab_size": tokenizer.vocab_size, "use_gradient_checkpointing": args.grad_checkpointing}
-    overrides.update({k: v for k, v in (("mixer", args.mixer), ("q_heads", args.q_heads)) if v is not None})
+    flags = {"mixer": args.mixer, "q_heads": args.q_heads, "hidden_size": args.hidden_size, "num_layers": args.num_layers}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.savo:
         overrides["q_value_content"] = True
     if "image" in weights:
@@ -186,6 +189,7 @@ def main(args: argparse.Namespace) -> int:
     if d.is_main:
         metrics.close()
         common.plot_losses(metrics.path, out / "loss.png")
+        common.write_summary(out, metrics.path, device)
         last = common.read_metrics(metrics.path)[-1]
         print(f"pretrain: {args.steps} steps, train loss {last['loss']:.3f}, val loss {last.get('val_loss', float('nan')):.3f} "
               f"(perplexity {last.get('val_perplexity', float('nan')):.1f}); checkpoint {out / common.CHECKPOINT_DIR}")

@@ -1,0 +1,297 @@
+"""`quatrix ablate`: a controlled, multi-seed comparison of Q-Compass variants and attention.
+
+Every variant trains with the identical recipe, data, data order (the seed fixes it) and
+budget; each (variant, seed) is one `quatrix pretrain` run in its own process and folder,
+so an interrupted ablation restarts where it stopped (finished runs are kept, killed ones
+resume from their checkpoint). Afterwards every run is evaluated on the whole held-out
+split (and on `--eval-data` corpora), and the tables, paired statistics against a
+reference variant, and the loss curves are written to DIR.
+
+    quatrix ablate --variants qcompass,savo,mh-qcompass,mha_rank,mha --seeds 0,1,2 \\
+        --preset tiny --steps 600 --data shakespeare --out runs/ablate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quatrix.config import PRESETS, QuatrixConfig, preset
+from quatrix.params import count_parameters, training_flops_per_token
+
+# name -> config overrides (q_heads comes from --heads for the multi-head variants)
+VARIANTS = {
+    "qcompass": {"mixer": "qcompass"},
+    "savo": {"mixer": "qcompass", "q_value_content": True},
+    "mh-qcompass": {"mixer": "qcompass", "multi_head": True},
+    "mh-savo": {"mixer": "qcompass", "q_value_content": True, "multi_head": True},
+    "mha_rank": {"mixer": "mha_rank", "multi_head": True},
+    "mha": {"mixer": "mha", "multi_head": True},
+}
+MATCH_TOLERANCE = 0.02
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variants", default="qcompass,savo,mh-qcompass,mha_rank,mha",
+                   help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--reference", default="mha", help="variant the paired differences are taken against")
+    p.add_argument("--heads", type=int, default=4, help="heads of the multi-head variants")
+    p.add_argument("--match", choices=["none", "params", "flops"], default="none",
+                   help="resize each variant (width, else depth) until its total parameters (or training FLOPs) "
+                        "match the reference within 2%%")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--data", action="append", help="training corpus (named or path; default shakespeare)")
+    p.add_argument("--eval-data", default="", help="extra corpora to evaluate on, comma-separated (out of distribution)")
+    p.add_argument("--tokenizer", default="gpt2")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-batches", type=int, default=200, help="batches of the final held-out evaluation")
+    p.add_argument("--out", default="runs/ablate")
+
+
+# ---------------------------------------------------------------------- variants
+def variant_config(name: str, args, vocab_size: int, **sizes) -> QuatrixConfig:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    fields = dict(VARIANTS[name])
+    fields["q_heads"] = args.heads if fields.pop("multi_head", False) else 1
+    return preset(args.preset, vocab_size=vocab_size, **fields, **sizes)
+
+
+def cost(config: QuatrixConfig, match: str, seq_len: int) -> float:
+    if match == "flops":
+        return training_flops_per_token(config, seq_len)
+    with torch.device("meta"):  # count without allocating
+        from quatrix.model import QuatrixLM
+
+        return count_parameters(QuatrixLM(config))["total"]
+
+
+def match_size(name: str, args, vocab_size: int, target: float) -> tuple[QuatrixConfig, dict]:
+    """The (width, depth) whose cost is closest to `target`, preferring the preset's depth:
+    widths from H/2 to 2H in steps of the head count, depths within two of the preset's.
+    Cost grows with width, so each depth is a bisection. Reports which dimensions changed."""
+    base = variant_config(name, args, vocab_size)
+    H, N = base.hidden_size, base.num_layers
+    step = base.q_heads  # the width must split evenly over the heads
+    widths = list(range(max(step, (H // 2) // step * step), 2 * H + 1, step))
+    best = None
+    for layers in [N] + [n for n in range(max(1, N - 2), N + 3) if n != N]:
+        def config_at(i, layers=layers):
+            return variant_config(name, args, vocab_size, hidden_size=widths[i], num_layers=layers)
+
+        lo, hi = 0, len(widths) - 1
+        while lo < hi:  # first width whose cost reaches the target
+            mid = (lo + hi) // 2
+            if cost(config_at(mid), args.match, args.seq_len) < target:
+                lo = mid + 1
+            else:
+                hi = mid
+        for i in {max(0, lo - 1), lo}:
+            config = config_at(i)
+            gap = abs(cost(config, args.match, args.seq_len) - target) / target
+            if best is None or gap < best[0]:
+                best = (gap, config)
+        if best[0] <= MATCH_TOLERANCE:
+            break
+    gap, config = best
+    if gap > MATCH_TOLERANCE:
+        raise ValueError(f"{name}: no width or depth brings its {args.match} within {MATCH_TOLERANCE:.0%} of the reference")
+    changed = {k: [getattr(base, k), getattr(config, k)] for k in ("hidden_size", "num_layers")
+               if getattr(base, k) != getattr(config, k)}
+    return config, {**changed, "gap": gap}
+
+
+def plan(args, vocab_size: int) -> dict[str, tuple[QuatrixConfig, dict]]:
+    """Each variant's config and what matching changed."""
+    names = args.variants.split(",")
+    if args.reference not in names:
+        raise ValueError(f"--reference {args.reference!r} must be one of --variants")
+    configs = {n: (variant_config(n, args, vocab_size), {}) for n in names}
+    if args.match != "none":
+        target = cost(configs[args.reference][0], args.match, args.seq_len)
+        for n in names:
+            if n != args.reference:
+                configs[n] = match_size(n, args, vocab_size, target)
+    return configs
+
+
+# ---------------------------------------------------------------------- statistics
+def paired(values: list[float], reference: list[float]) -> dict[str, float]:
+    """Per-seed differences against the reference: mean, sample std and the two-sided
+    paired t-test p-value (scipy's ttest_rel; undefined with fewer than two seeds)."""
+    from scipy import stats
+
+    diffs = np.array(values) - np.array(reference)
+    result = {"diffs": diffs.tolist(), "mean": float(diffs.mean()),
+              "std": float(diffs.std(ddof=1)) if len(diffs) > 1 else float("nan")}
+    result["p_value"] = float(stats.ttest_rel(values, reference).pvalue) if len(diffs) > 1 and diffs.any() else float("nan")
+    return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+# ---------------------------------------------------------------------- runs
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    return out / "runs" / name / f"seed{seed}"
+
+
+def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) -> None:
+    """One pretraining run in its own process; skipped when finished, resumed when killed."""
+    if (directory / "summary.json").is_file():
+        return
+    cmd = [sys.executable, "-m", "quatrix.cli", "pretrain", "--preset", args.preset, "--tokenizer", args.tokenizer,
+           "--mixer", config.mixer, "--q-heads", str(config.q_heads), "--hidden-size", str(config.hidden_size),
+           "--num-layers", str(config.num_layers), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--seq-len", str(args.seq_len), "--lr", str(args.lr), "--eval-every", str(args.eval_every),
+           "--save-every", str(args.eval_every), "--seed", str(seed), "--sample-tokens", "0", "--device", "cpu"
+           if not torch.cuda.is_available() else "cuda", "--out", str(directory),
+           "--cache-dir", str(Path(args.out) / ".token_cache")]
+    cmd += [a for d in (args.data or []) for a in ("--data", d)]
+    if config.q_value_content:
+        cmd.append("--savo")
+    if (directory / "checkpoint").is_dir():
+        cmd.append("--resume")
+    print(f"ablate: training {name} seed {seed}" + (" (resuming)" if "--resume" in cmd else ""), flush=True)
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"ablate: {name} seed {seed} failed:\n{result.stderr[-3000:]}")
+
+
+def evaluate(args, directory: Path, data: list[str]) -> dict:
+    """Held-out loss of a finished run on `data`, computed once and kept in its eval.json."""
+    from quatrix.eval.perplexity import evaluate_checkpoint
+
+    cache_path = directory / "eval.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    key = json.dumps([data, args.seq_len, args.eval_batches])
+    if key not in cache:
+        cache[key] = evaluate_checkpoint(directory / "checkpoint", data, "val", args.seq_len, args.batch_size,
+                                         args.eval_batches, Path(args.out) / ".token_cache")
+        cache_path.write_text(json.dumps(cache, indent=2) + "\n")
+    return cache[key]
+
+
+def main(args: argparse.Namespace) -> int:
+    from quatrix.engine import cache_floats_per_token
+    from quatrix.tokenizer import load_tokenizer
+
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.steps < 1 or not seeds:
+        raise ValueError("--steps must be >= 1 and --seeds non-empty")
+    tokenizer = load_tokenizer(args.tokenizer)
+    configs = plan(args, tokenizer.vocab_size)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablate_config.json").write_text(json.dumps({"args": vars(args), "models": {
+        n: {"config": c.to_dict(), "matched": m} for n, (c, m) in configs.items()}}, indent=2) + "\n")
+    ood = [d for d in args.eval_data.split(",") if d]
+    results: dict = {"reference": args.reference, "match": args.match, "seeds": seeds, "variants": {}}
+    for seed in seeds:  # seed-major: an interrupted ablation has complete seeds for every variant
+        for name, (config, _) in configs.items():
+            train(args, name, config, seed, run_dir(out, name, seed))
+    for name, (config, matched) in configs.items():
+        with torch.device("meta"):
+            from quatrix.model import QuatrixLM
+
+            counts = count_parameters(QuatrixLM(config))
+        runs = {}
+        for seed in seeds:
+            directory = run_dir(out, name, seed)
+            summary = json.loads((directory / "summary.json").read_text())
+            val = evaluate(args, directory, args.data or ["shakespeare"])
+            runs[seed] = {"val_loss": val["loss"], "val_perplexity": val["perplexity"], "summary": summary,
+                          "ood": {d: evaluate(args, directory, [d])["loss"] for d in ood}}
+        results["variants"][name] = {
+            "params_total": counts["total"], "params_mixer": counts["mixers"],
+            "cache_floats_per_token": cache_floats_per_token(config), "matched": matched,
+            "hidden_size": config.hidden_size, "num_layers": config.num_layers, "q_heads": config.q_heads,
+            "val_loss": {str(s): r["val_loss"] for s, r in runs.items()},
+            "val_perplexity": {str(s): r["val_perplexity"] for s, r in runs.items()},
+            "ood_loss": {d: {str(s): r["ood"][d] for s, r in runs.items()} for d in ood},
+            "tokens_per_s": float(np.mean([r["summary"]["tokens_per_s"] for r in runs.values()])),
+            "peak_memory_mib": float(np.max([r["summary"]["peak_memory_mib"] for r in runs.values()])),
+        }
+    ref = results["variants"][args.reference]
+    for name, v in results["variants"].items():
+        v["paired_vs_reference"] = paired([v["val_loss"][str(s)] for s in seeds], [ref["val_loss"][str(s)] for s in seeds])
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results, args))
+    plot_curves(out, list(configs), seeds)
+    print((out / "results.md").read_text())
+    return 0
+
+
+# ---------------------------------------------------------------------- reports
+def results_markdown(results: dict, args) -> str:
+    seeds = results["seeds"]
+    lines = [f"# Ablation: {len(results['variants'])} variants x {len(seeds)} seeds ({args.preset}, {args.steps} steps, "
+             f"match={results['match']})", "",
+             "| variant | H | params | mixer params | val loss | val perplexity | tokens/s | peak MiB | cache floats/token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, v in results["variants"].items():
+        loss_m, loss_s = mean_std(list(v["val_loss"].values()))
+        ppl_m, ppl_s = mean_std(list(v["val_perplexity"].values()))
+        changed = "".join(f" ({k} {a}→{b})" for k, (a, b) in ((k, v["matched"][k]) for k in ("hidden_size", "num_layers")
+                                                            if k in v["matched"]))
+        lines.append(f"| {name} | {v['hidden_size']}{changed} | {v['params_total']:,} | {v['params_mixer']:,} | "
+                     f"{loss_m:.4f} ± {loss_s:.4f} | {ppl_m:.2f} ± {ppl_s:.2f} | {v['tokens_per_s']:,.0f} | "
+                     f"{v['peak_memory_mib']:.0f} | {v['cache_floats_per_token']} |")
+    lines += ["", f"Paired differences in validation loss against `{results['reference']}` (per seed; positive = worse):",
+              "", "| variant | per-seed differences | mean ± std | paired t-test p |", "|---|---|---:|---:|"]
+    for name, v in results["variants"].items():
+        if name == results["reference"]:
+            continue
+        p = v["paired_vs_reference"]
+        lines.append(f"| {name} | {', '.join(f'{d:+.4f}' for d in p['diffs'])} | {p['mean']:+.4f} ± {p['std']:.4f} | "
+                     f"{p['p_value']:.3g} |")
+    ood = next(iter(results["variants"].values()))["ood_loss"]
+    if ood:
+        lines += ["", "Out-of-distribution validation loss (mean ± std over seeds):", "",
+                  "| variant | " + " | ".join(ood) + " |", "|---|" + "---:|" * len(ood)]
+        for name, v in results["variants"].items():
+            cells = [" ± ".join(f"{x:.4f}" for x in mean_std(list(v["ood_loss"][d].values()))) for d in ood]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(out: Path, names: list[str], seeds: list[int]) -> None:
+    """Mean training loss (smoothed) and validation loss per variant against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quatrix.checkpoint import atomic_path
+    from quatrix.train.common import read_metrics
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, name in enumerate(names):
+        runs = [read_metrics(run_dir(out, name, s) / "metrics.jsonl") for s in seeds]
+        steps = [r["step"] for r in runs[0]]
+        train = np.mean([[r["loss"] for r in run] for run in runs], axis=0)
+        window = max(1, len(train) // 30)
+        smooth = np.convolve(train, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color=f"C{i}", lw=1, alpha=0.6)
+        val_steps = [r["step"] for r in runs[0] if "val_loss" in r]
+        val = np.mean([[r["val_loss"] for r in run if "val_loss" in r] for run in runs], axis=0)
+        ax.plot(val_steps, val, "o-", color=f"C{i}", label=name, ms=3)
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title="train (thin) and validation (dots), mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out / "curves.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

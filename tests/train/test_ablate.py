@@ -1,0 +1,95 @@
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from quatrix.cli import main
+from quatrix.train import ablate
+from quatrix.tokenizer import train_tokenizer
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()
+
+
+def options(**kw):
+    p = argparse.ArgumentParser()
+    ablate.add_arguments(p)
+    args = p.parse_args([])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_variants_differ_only_in_the_mixer():
+    configs = ablate.plan(options(), vocab_size=300)
+    assert list(configs) == ["qcompass", "savo", "mh-qcompass", "mha_rank", "mha"]
+    dicts = {n: c.to_dict() for n, (c, _) in configs.items()}
+    for d in dicts.values():
+        for key in ("mixer", "q_heads", "q_value_content"):
+            d.pop(key)
+    assert all(d == dicts["mha"] for d in dicts.values())
+    assert configs["savo"][0].q_value_content and configs["mh-qcompass"][0].q_heads == 4
+    with pytest.raises(ValueError, match="unknown variant 'rnn'"):
+        ablate.plan(options(variants="rnn,mha"), 300)
+    with pytest.raises(ValueError, match="--reference 'mha' must be one of"):
+        ablate.plan(options(variants="qcompass,savo"), 300)
+
+
+@pytest.mark.parametrize("match", ["params", "flops"])
+def test_matching_widens_each_variant_to_the_reference(match):
+    args = options(match=match)
+    configs = ablate.plan(args, vocab_size=300)
+    target = ablate.cost(configs["mha"][0], match, args.seq_len)
+    for name, (config, changed) in configs.items():
+        if name == "mha":
+            assert changed == {}
+            continue
+        assert abs(ablate.cost(config, match, args.seq_len) - target) / target <= 0.02
+        assert changed["gap"] <= 0.02
+        for field in ("hidden_size", "num_layers"):
+            if field in changed:
+                assert changed[field] == [getattr(configs["mha"][0], field), getattr(config, field)]
+    q = configs["qcompass"][0]
+    assert q.num_layers == 4 and q.hidden_size > 128  # Q-Compass spends what it saves on width
+
+
+def test_paired_statistics_by_hand():
+    result = ablate.paired([1.0, 1.2, 0.9], [0.8, 1.0, 0.85])  # differences 0.2, 0.2, 0.05
+    assert result["mean"] == pytest.approx(0.15)
+    assert result["std"] == pytest.approx(math.sqrt(0.0075))
+    # t = 0.15 / (sqrt(0.0075) / sqrt(3)) = 3.0; with 2 degrees of freedom P(|T| > t) = 1 - t / sqrt(t^2 + 2)
+    assert result["p_value"] == pytest.approx(1 - 3 / math.sqrt(11), rel=1e-6)
+    assert math.isnan(ablate.paired([1.0], [0.5])["p_value"])
+
+
+def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    text = "\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(3000)) + "\n"
+    (tmp_path / "corpus.txt").write_text(text)
+    (tmp_path / "other.txt").write_text(text.upper())
+    train_tokenizer([text, text.upper()], 300, tmp_path / "tok")
+    argv = ["ablate", "--variants", "qcompass,mha", "--seeds", "0,1", "--steps", "4", "--eval-every", "2",
+            "--batch-size", "4", "--seq-len", "32", "--eval-batches", "2", "--data", str(tmp_path / "corpus.txt"),
+            "--eval-data", str(tmp_path / "other.txt"), "--tokenizer", str(tmp_path / "tok"), "--out",
+            str(tmp_path / "abl")]
+    assert main(argv) == 0
+    out = tmp_path / "abl"
+    results = json.loads((out / "results.json").read_text())
+    for name in ("qcompass", "mha"):
+        v = results["variants"][name]
+        assert set(v["val_loss"]) == {"0", "1"} and all(np.isfinite(list(v["val_loss"].values())))
+        assert v["params_total"] > 0 and str(tmp_path / "other.txt") in v["ood_loss"]
+    assert results["variants"]["qcompass"]["params_mixer"] < results["variants"]["mha"]["params_mixer"]
+    assert "paired t-test" in (out / "results.md").read_text()
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the same seed gives the same data order for every variant: identical first batches' token counts
+    first = [json.loads((out / "runs" / n / "seed0" / "metrics.jsonl").read_text().splitlines()[0]) for n in
+             ("qcompass", "mha")]
+    assert first[0]["step"] == first[1]["step"] == 1
+    # rerunning resumes: finished runs are not trained again
+    stamp = (out / "runs" / "mha" / "seed1" / "summary.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "ablate: training" not in capsys.readouterr().out
+    assert (out / "runs" / "mha" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
