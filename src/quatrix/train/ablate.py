@@ -156,8 +156,8 @@ def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) ->
            "--mixer", config.mixer, "--q-heads", str(config.q_heads), "--hidden-size", str(config.hidden_size),
            "--num-layers", str(config.num_layers), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--seq-len", str(args.seq_len), "--lr", str(args.lr), "--eval-every", str(args.eval_every),
-           "--save-every", str(args.eval_every), "--seed", str(seed), "--sample-tokens", "0", "--device", "cpu"
-           if not torch.cuda.is_available() else "cuda", "--out", str(directory),
+           "--save-every", str(args.eval_every), "--seed", str(seed), "--sample-tokens", "0",
+           "--device", "cuda" if torch.cuda.is_available() else "cpu", "--out", str(directory),
            "--cache-dir", str(Path(args.out) / ".token_cache")]
     cmd += [a for d in (args.data or []) for a in ("--data", d)]
     if config.q_value_content:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -157,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
                 loss.backward()
             loss_sum += loss.detach()
         loss_value = float(d.mean(loss_sum))
-        if not torch.isfinite(torch.tensor(loss_value)):
+        if not math.isfinite(loss_value):
             bar.close()
             print(f"pretrain: loss became {loss_value} at step {step + 1}; stopping. The last good checkpoint "
                   f"(step {last_saved}) is in {out / common.CHECKPOINT_DIR}; lower --lr or check the data.",
