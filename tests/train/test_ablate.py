@@ -87,9 +87,18 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     first = [json.loads((out / "runs" / n / "seed0" / "metrics.jsonl").read_text().splitlines()[0]) for n in
              ("qcompass", "mha")]
     assert first[0]["step"] == first[1]["step"] == 1
+    # every run trains with the same recipe, warmup included (default: 10% of the steps, at least one)
+    recipe = [json.loads((out / "runs" / n / "seed0" / "run_config.json").read_text())["args"] for n in ("qcompass", "mha")]
+    assert recipe[0]["warmup"] == recipe[1]["warmup"] == 1 and recipe[0]["lr"] == recipe[1]["lr"]
     # rerunning resumes: finished runs are not trained again
     stamp = (out / "runs" / "mha" / "seed1" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(argv) == 0
     assert "ablate: training" not in capsys.readouterr().out
     assert (out / "runs" / "mha" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_warmup_outside_the_run_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--warmup"):
+        ablate.main(options(steps=10, warmup=10, out=str(tmp_path / "abl")))
+    assert not (tmp_path / "abl").exists()

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quatrix.checkpoint import atomic_write_text
 from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.params import count_parameters, training_flops_per_token
 
@@ -54,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=None,
+                   help="linear warmup steps before the cosine decay (default: 10%% of --steps; a short warmup at "
+                        "this peak learning rate makes attention runs spike and the seeds diverge)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-batches", type=int, default=200, help="batches of the final held-out evaluation")
     p.add_argument("--out", default="runs/ablate")
@@ -148,6 +152,10 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
     return out / "runs" / name / f"seed{seed}"
 
 
+def warmup_steps(args) -> int:
+    return args.warmup if args.warmup is not None else max(1, args.steps // 10)
+
+
 def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) -> None:
     """One pretraining run in its own process; skipped when finished, resumed when killed."""
     if (directory / "summary.json").is_file():
@@ -155,7 +163,8 @@ def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) ->
     cmd = [sys.executable, "-m", "quatrix.cli", "pretrain", "--preset", args.preset, "--tokenizer", args.tokenizer,
            "--mixer", config.mixer, "--q-heads", str(config.q_heads), "--hidden-size", str(config.hidden_size),
            "--num-layers", str(config.num_layers), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--seq-len", str(args.seq_len), "--lr", str(args.lr), "--eval-every", str(args.eval_every),
+           "--seq-len", str(args.seq_len), "--lr", str(args.lr), "--warmup", str(warmup_steps(args)),
+           "--eval-every", str(args.eval_every),
            "--save-every", str(args.eval_every), "--seed", str(seed), "--sample-tokens", "0",
            "--device", "cuda" if torch.cuda.is_available() else "cpu", "--out", str(directory),
            "--cache-dir", str(Path(args.out) / ".token_cache")]
@@ -180,7 +189,7 @@ def evaluate(args, directory: Path, data: list[str]) -> dict:
     if key not in cache:
         cache[key] = evaluate_checkpoint(directory / "checkpoint", data, "val", args.seq_len, args.batch_size,
                                          args.eval_batches, Path(args.out) / ".token_cache")
-        cache_path.write_text(json.dumps(cache, indent=2) + "\n")
+        atomic_write_text(cache_path, json.dumps(cache, indent=2) + "\n")
     return cache[key]
 
 
@@ -192,10 +201,12 @@ def main(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.steps < 1 or not seeds:
         raise ValueError("--steps must be >= 1 and --seeds non-empty")
+    if not 0 <= warmup_steps(args) < args.steps:
+        raise ValueError(f"--warmup must be in [0, --steps), got {args.warmup}")
     tokenizer = load_tokenizer(args.tokenizer)
     configs = plan(args, tokenizer.vocab_size)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablate_config.json").write_text(json.dumps({"args": vars(args), "models": {
+    atomic_write_text(out / "ablate_config.json", json.dumps({"args": vars(args), "models": {
         n: {"config": c.to_dict(), "matched": m} for n, (c, m) in configs.items()}}, indent=2) + "\n")
     ood = [d for d in args.eval_data.split(",") if d]
     results: dict = {"reference": args.reference, "match": args.match, "seeds": seeds, "variants": {}}
@@ -227,8 +238,8 @@ def main(args: argparse.Namespace) -> int:
     ref = results["variants"][args.reference]
     for name, v in results["variants"].items():
         v["paired_vs_reference"] = paired([v["val_loss"][str(s)] for s in seeds], [ref["val_loss"][str(s)] for s in seeds])
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(results_markdown(results, args))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.md", results_markdown(results, args))
     plot_curves(out, list(configs), seeds)
     print((out / "results.md").read_text())
     return 0
@@ -238,7 +249,7 @@ def main(args: argparse.Namespace) -> int:
 def results_markdown(results: dict, args) -> str:
     seeds = results["seeds"]
     lines = [f"# Ablation: {len(results['variants'])} variants x {len(seeds)} seeds ({args.preset}, {args.steps} steps, "
-             f"match={results['match']})", "",
+             f"warmup {warmup_steps(args)}, lr {args.lr:g}, match={results['match']})", "",
              "| variant | H | params | mixer params | val loss | val perplexity | tokens/s | peak MiB | cache floats/token |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in results["variants"].items():
