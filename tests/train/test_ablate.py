@@ -63,6 +63,15 @@ def test_paired_statistics_by_hand():
     assert math.isnan(ablate.paired([1.0], [0.5])["p_value"])
 
 
+def test_late_drop_measures_how_far_the_curve_still_falls():
+    records = [{"step": 1, "loss": 9.0}] + [{"step": s, "val_loss": v} for s, v in
+                                            [(25, 6.0), (50, 5.5), (75, 5.2), (80, 5.1), (100, 5.0)]]
+    assert ablate.late_drop(records) == pytest.approx(0.1)  # 80 is the last evaluation at or before 80% of 100
+    assert ablate.late_drop(records, fraction=0.5) == pytest.approx(0.5)
+    assert math.isnan(ablate.late_drop([{"step": 10, "val_loss": 5.0}]))
+    assert math.isnan(ablate.late_drop([{"step": 1, "loss": 9.0}]))
+
+
 def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     rng = np.random.default_rng(0)
     text = "\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(3000)) + "\n"
@@ -82,6 +91,7 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
         assert v["params_total"] > 0 and str(tmp_path / "other.txt") in v["ood_loss"]
     assert results["variants"]["qcompass"]["params_mixer"] < results["variants"]["mha"]["params_mixer"]
     assert "paired t-test" in (out / "results.md").read_text()
+    assert all(set(results["variants"][n]["val_drop_last_20pct"]) == {"0", "1"} for n in ("qcompass", "mha"))
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # the same seed gives the same data order for every variant: identical first batches' token counts
     first = [json.loads((out / "runs" / n / "seed0" / "metrics.jsonl").read_text().splitlines()[0]) for n in

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.checkpoint import atomic_write_text
+from quatrix.checkpoint import atomic_path, atomic_write_text
 from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.params import count_parameters, training_flops_per_token
+from quatrix.train.common import read_metrics
 
 # name -> config overrides (q_heads comes from --heads for the multi-head variants)
 VARIANTS = {
@@ -143,6 +144,18 @@ def paired(values: list[float], reference: list[float]) -> dict[str, float]:
     return result
 
 
+def late_drop(records: list[dict], fraction: float = 0.2) -> float:
+    """How far the validation loss still fell over the last `fraction` of a run (nats): the
+    evaluation at or before (1 - fraction) of the final step minus the final one. Near zero
+    means the curve has flattened; NaN when the run has no evaluation that early."""
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if not val:
+        return float("nan")
+    final_step, final = val[-1]
+    earlier = [v for step, v in val if step <= final_step * (1 - fraction)]
+    return earlier[-1] - final if earlier else float("nan")
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
@@ -224,6 +237,7 @@ def main(args: argparse.Namespace) -> int:
             summary = json.loads((directory / "summary.json").read_text())
             val = evaluate(args, directory, args.data or ["shakespeare"])
             runs[seed] = {"val_loss": val["loss"], "val_perplexity": val["perplexity"], "summary": summary,
+                          "late_drop": late_drop(read_metrics(directory / "metrics.jsonl")),
                           "ood": {d: evaluate(args, directory, [d])["loss"] for d in ood}}
         results["variants"][name] = {
             "params_total": counts["total"], "params_mixer": counts["mixers"],
@@ -232,6 +246,7 @@ def main(args: argparse.Namespace) -> int:
             "val_loss": {str(s): r["val_loss"] for s, r in runs.items()},
             "val_perplexity": {str(s): r["val_perplexity"] for s, r in runs.items()},
             "ood_loss": {d: {str(s): r["ood"][d] for s, r in runs.items()} for d in ood},
+            "val_drop_last_20pct": {str(s): r["late_drop"] for s, r in runs.items()},
             "tokens_per_s": float(np.mean([r["summary"]["tokens_per_s"] for r in runs.values()])),
             "peak_memory_mib": float(np.max([r["summary"]["peak_memory_mib"] for r in runs.values()])),
         }
@@ -250,17 +265,21 @@ def results_markdown(results: dict, args) -> str:
     seeds = results["seeds"]
     lines = [f"# Ablation: {len(results['variants'])} variants x {len(seeds)} seeds ({args.preset}, {args.steps} steps, "
              f"warmup {warmup_steps(args)}, lr {args.lr:g}, match={results['match']})", "",
-             "| variant | H | params | mixer params | val loss | val perplexity | tokens/s | peak MiB | cache floats/token |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| variant | H | params | mixer params | val loss | val perplexity | fall, last 20% | tokens/s | peak MiB "
+             "| cache floats/token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in results["variants"].items():
         loss_m, loss_s = mean_std(list(v["val_loss"].values()))
         ppl_m, ppl_s = mean_std(list(v["val_perplexity"].values()))
         changed = "".join(f" ({k} {a}→{b})" for k, (a, b) in ((k, v["matched"][k]) for k in ("hidden_size", "num_layers")
                                                             if k in v["matched"]))
+        fall = np.mean(list(v["val_drop_last_20pct"].values()))
         lines.append(f"| {name} | {v['hidden_size']}{changed} | {v['params_total']:,} | {v['params_mixer']:,} | "
-                     f"{loss_m:.4f} ± {loss_s:.4f} | {ppl_m:.2f} ± {ppl_s:.2f} | {v['tokens_per_s']:,.0f} | "
+                     f"{loss_m:.4f} ± {loss_s:.4f} | {ppl_m:.2f} ± {ppl_s:.2f} | {fall:.4f} | {v['tokens_per_s']:,.0f} | "
                      f"{v['peak_memory_mib']:.0f} | {v['cache_floats_per_token']} |")
-    lines += ["", f"Paired differences in validation loss against `{results['reference']}` (per seed; positive = worse):",
+    lines += ["", "`fall, last 20%`: how much the validation loss (nats, mean over seeds) still fell over the last "
+              "fifth of training; near zero once the curves have flattened.",
+              "", f"Paired differences in validation loss against `{results['reference']}` (per seed; positive = worse):",
               "", "| variant | per-seed differences | mean ± std | paired t-test p |", "|---|---|---:|---:|"]
     for name, v in results["variants"].items():
         if name == results["reference"]:
@@ -284,9 +303,6 @@ def plot_curves(out: Path, names: list[str], seeds: list[int]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from quatrix.checkpoint import atomic_path
-    from quatrix.train.common import read_metrics
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, name in enumerate(names):
