@@ -63,6 +63,12 @@ def test_paired_statistics_by_hand():
     assert math.isnan(ablate.paired([1.0], [0.5])["p_value"])
 
 
+def test_tables_show_a_spread_only_when_there_is_one():
+    assert ablate.spread(4.9, 0.0126) == "4.9000 ± 0.0126"
+    assert ablate.spread(0.05, 0.01, sign="+") == "+0.0500 ± 0.0100"
+    assert ablate.spread(*ablate.mean_std([86.5]), digits=2) == "86.50"
+
+
 def test_late_drop_measures_how_far_the_curve_still_falls():
     records = [{"step": 1, "loss": 9.0}] + [{"step": s, "val_loss": v} for s, v in
                                             [(25, 6.0), (50, 5.5), (75, 5.2), (80, 5.1), (100, 5.0)]]

@@ -160,6 +160,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
+def spread(mean: float, std: float, digits: int = 4, sign: str = "") -> str:
+    """'mean ± std' for the tables; just the mean when there is no spread (one seed)."""
+    text = f"{mean:{sign}.{digits}f}"
+    return text if np.isnan(std) else f"{text} ± {std:.{digits}f}"
+
+
 # ---------------------------------------------------------------------- runs
 def run_dir(out: Path, name: str, seed: int) -> Path:
     return out / "runs" / name / f"seed{seed}"
@@ -269,14 +275,14 @@ def results_markdown(results: dict, args) -> str:
              "| cache floats/token |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in results["variants"].items():
-        loss_m, loss_s = mean_std(list(v["val_loss"].values()))
-        ppl_m, ppl_s = mean_std(list(v["val_perplexity"].values()))
         changed = "".join(f" ({k} {a}→{b})" for k, (a, b) in ((k, v["matched"][k]) for k in ("hidden_size", "num_layers")
                                                             if k in v["matched"]))
+        loss = spread(*mean_std(list(v["val_loss"].values())))
+        ppl = spread(*mean_std(list(v["val_perplexity"].values())), digits=2)
         fall = np.mean(list(v["val_drop_last_20pct"].values()))
         lines.append(f"| {name} | {v['hidden_size']}{changed} | {v['params_total']:,} | {v['params_mixer']:,} | "
-                     f"{loss_m:.4f} ± {loss_s:.4f} | {ppl_m:.2f} ± {ppl_s:.2f} | {fall:.4f} | {v['tokens_per_s']:,.0f} | "
-                     f"{v['peak_memory_mib']:.0f} | {v['cache_floats_per_token']} |")
+                     f"{loss} | {ppl} | {fall:.4f} | {v['tokens_per_s']:,.0f} | {v['peak_memory_mib']:.0f} | "
+                     f"{v['cache_floats_per_token']} |")
     lines += ["", "`fall, last 20%`: how much the validation loss (nats, mean over seeds) still fell over the last "
               "fifth of training; near zero once the curves have flattened.",
               "", f"Paired differences in validation loss against `{results['reference']}` (per seed; positive = worse):",
@@ -285,14 +291,15 @@ def results_markdown(results: dict, args) -> str:
         if name == results["reference"]:
             continue
         p = v["paired_vs_reference"]
-        lines.append(f"| {name} | {', '.join(f'{d:+.4f}' for d in p['diffs'])} | {p['mean']:+.4f} ± {p['std']:.4f} | "
-                     f"{p['p_value']:.3g} |")
+        p_value = "n/a (one seed)" if np.isnan(p["p_value"]) else f"{p['p_value']:.3g}"
+        lines.append(f"| {name} | {', '.join(f'{d:+.4f}' for d in p['diffs'])} | {spread(p['mean'], p['std'], sign='+')} | "
+                     f"{p_value} |")
     ood = next(iter(results["variants"].values()))["ood_loss"]
     if ood:
         lines += ["", "Out-of-distribution validation loss (mean ± std over seeds):", "",
                   "| variant | " + " | ".join(ood) + " |", "|---|" + "---:|" * len(ood)]
         for name, v in results["variants"].items():
-            cells = [" ± ".join(f"{x:.4f}" for x in mean_std(list(v["ood_loss"][d].values()))) for d in ood]
+            cells = [spread(*mean_std(list(v["ood_loss"][d].values()))) for d in ood]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
