@@ -119,9 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 print(text[len(shown):], end="", flush=True)
                 shown = text
     if args.num_samples == 1:
-        print(show(rows[0])[len(shown):], end="")
-    if args.num_samples == 1:
-        print()
+        print(show(rows[0])[len(shown):])
     else:
         for i, row in enumerate(rows):
             print(f"[{i}] " + show(row))

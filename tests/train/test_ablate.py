@@ -114,7 +114,22 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     assert (out / "runs" / "mha" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
 
 
-def test_warmup_outside_the_run_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="--warmup"):
-        ablate.main(options(steps=10, warmup=10, out=str(tmp_path / "abl")))
+@pytest.mark.parametrize("bad, message", [({"steps": 10, "warmup": 10}, "--warmup"),
+                                          ({"seeds": "0,x"}, "--seeds must be comma-separated integers"),
+                                          ({"seeds": "1,1"}, "--seeds repeats"), ({"steps": 0}, "--steps")])
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        ablate.main(options(**bad, out=str(tmp_path / "abl")))
     assert not (tmp_path / "abl").exists()
+
+
+def test_missing_eval_data_fails_before_any_training(tmp_path):
+    text = "\n".join(" ".join(WORDS) for _ in range(200)) + "\n"
+    (tmp_path / "corpus.txt").write_text(text)
+    train_tokenizer([text], 300, tmp_path / "tok")
+    args = options(variants="qcompass,mha", data=[str(tmp_path / "corpus.txt")], tokenizer=str(tmp_path / "tok"),
+                   eval_data=str(tmp_path / "missing.txt"), out=str(tmp_path / "abl"), steps=2, batch_size=2,
+                   seq_len=16)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        ablate.main(args)
+    assert not (tmp_path / "abl" / "runs").exists()

@@ -73,13 +73,18 @@ def variant_config(name: str, args, vocab_size: int, **sizes) -> QuatrixConfig:
     return preset(args.preset, vocab_size=vocab_size, **fields, **sizes)
 
 
+def parameter_counts(config: QuatrixConfig) -> dict[str, int]:
+    """count_parameters of the language model, built on the meta device (nothing allocated)."""
+    from quatrix.model import QuatrixLM
+
+    with torch.device("meta"):
+        return count_parameters(QuatrixLM(config))
+
+
 def cost(config: QuatrixConfig, match: str, seq_len: int) -> float:
     if match == "flops":
         return training_flops_per_token(config, seq_len)
-    with torch.device("meta"):  # count without allocating
-        from quatrix.model import QuatrixLM
-
-        return count_parameters(QuatrixLM(config))["total"]
+    return parameter_counts(config)["total"]
 
 
 def match_size(name: str, args, vocab_size: int, target: float) -> tuple[QuatrixConfig, dict]:
@@ -171,6 +176,11 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
     return out / "runs" / name / f"seed{seed}"
 
 
+def token_cache(args) -> Path:
+    """The token files every run and evaluation of the ablation share."""
+    return Path(args.out) / ".token_cache"
+
+
 def warmup_steps(args) -> int:
     return args.warmup if args.warmup is not None else max(1, args.steps // 10)
 
@@ -186,7 +196,7 @@ def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) ->
            "--eval-every", str(args.eval_every),
            "--save-every", str(args.eval_every), "--seed", str(seed), "--sample-tokens", "0",
            "--device", "cuda" if torch.cuda.is_available() else "cpu", "--out", str(directory),
-           "--cache-dir", str(Path(args.out) / ".token_cache")]
+           "--cache-dir", str(token_cache(args))]
     cmd += [a for d in (args.data or []) for a in ("--data", d)]
     if config.q_value_content:
         cmd.append("--savo")
@@ -207,41 +217,47 @@ def evaluate(args, directory: Path, data: list[str]) -> dict:
     key = json.dumps([data, args.seq_len, args.eval_batches])
     if key not in cache:
         cache[key] = evaluate_checkpoint(directory / "checkpoint", data, "val", args.seq_len, args.batch_size,
-                                         args.eval_batches, Path(args.out) / ".token_cache")
+                                         args.eval_batches, token_cache(args))
         atomic_write_text(cache_path, json.dumps(cache, indent=2) + "\n")
     return cache[key]
 
 
 def main(args: argparse.Namespace) -> int:
+    from quatrix.data.text import DEFAULT_CORPUS, prepare_tokens
     from quatrix.engine import cache_floats_per_token
     from quatrix.tokenizer import load_tokenizer
 
     out = Path(args.out)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if args.steps < 1 or not seeds:
-        raise ValueError("--steps must be >= 1 and --seeds non-empty")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds repeats a seed: {args.seeds!r}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if not 0 <= warmup_steps(args) < args.steps:
         raise ValueError(f"--warmup must be in [0, --steps), got {args.warmup}")
     tokenizer = load_tokenizer(args.tokenizer)
     configs = plan(args, tokenizer.vocab_size)
+    data = args.data or [DEFAULT_CORPUS]
+    ood = [d for d in args.eval_data.split(",") if d]
+    for sources in [data] + [[d] for d in ood]:  # tokenized once, now: bad data fails before any training
+        prepare_tokens(sources, tokenizer, token_cache(args))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ablate_config.json", json.dumps({"args": vars(args), "models": {
         n: {"config": c.to_dict(), "matched": m} for n, (c, m) in configs.items()}}, indent=2) + "\n")
-    ood = [d for d in args.eval_data.split(",") if d]
     results: dict = {"reference": args.reference, "match": args.match, "seeds": seeds, "variants": {}}
     for seed in seeds:  # seed-major: an interrupted ablation has complete seeds for every variant
         for name, (config, _) in configs.items():
             train(args, name, config, seed, run_dir(out, name, seed))
     for name, (config, matched) in configs.items():
-        with torch.device("meta"):
-            from quatrix.model import QuatrixLM
-
-            counts = count_parameters(QuatrixLM(config))
+        counts = parameter_counts(config)
         runs = {}
         for seed in seeds:
             directory = run_dir(out, name, seed)
             summary = json.loads((directory / "summary.json").read_text())
-            val = evaluate(args, directory, args.data or ["shakespeare"])
+            val = evaluate(args, directory, data)
             runs[seed] = {"val_loss": val["loss"], "val_perplexity": val["perplexity"], "summary": summary,
                           "late_drop": late_drop(read_metrics(directory / "metrics.jsonl")),
                           "ood": {d: evaluate(args, directory, [d])["loss"] for d in ood}}
