@@ -78,6 +78,23 @@ def test_late_drop_measures_how_far_the_curve_still_falls():
     assert math.isnan(ablate.late_drop([{"step": 1, "loss": 9.0}]))
 
 
+def test_gap_curve_pairs_seeds_at_shared_evaluations():
+    def run(vals, extra=()):
+        return [{"step": 1, "loss": 9.0}] + [{"step": s, "val_loss": v} for s, v in [*vals, *extra]]
+
+    variant = [run([(10, 5.0), (20, 4.0)], [(30, 3.5)]), run([(10, 5.2), (20, 4.4)])]
+    reference = [run([(10, 4.9), (20, 3.9)]), run([(10, 5.0), (20, 4.0)], [(30, 3.0)])]
+    curve = ablate.gap_curve(variant, reference)  # step 30 is not shared by both seeds: dropped
+    assert curve["steps"] == [10, 20]
+    assert curve["mean"] == pytest.approx([0.15, 0.25])  # (0.1 + 0.2) / 2, (0.1 + 0.4) / 2
+    assert curve["std"] == pytest.approx([math.sqrt(0.005), math.sqrt(0.045)])
+    assert ablate.gap_at(curve, 0.5) == pytest.approx((0.15, math.sqrt(0.005)))
+    assert ablate.gap_at(curve, 1.0) == pytest.approx((0.25, math.sqrt(0.045)))
+    assert all(math.isnan(x) for x in ablate.gap_at(curve, 0.25))  # no evaluation that early
+    one = ablate.gap_curve(variant[:1], reference[:1])
+    assert one["mean"] == pytest.approx([0.1, 0.1]) and all(math.isnan(x) for x in one["std"])
+
+
 def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     rng = np.random.default_rng(0)
     text = "\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(3000)) + "\n"
@@ -97,6 +114,15 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
         assert v["params_total"] > 0 and str(tmp_path / "other.txt") in v["ood_loss"]
     assert results["variants"]["qcompass"]["params_mixer"] < results["variants"]["mha"]["params_mixer"]
     assert "paired t-test" in (out / "results.md").read_text()
+    gap = results["variants"]["qcompass"]["val_gap_curve"]
+    assert gap["steps"] == [2, 4]
+    def last_val(name, seed):
+        lines = (out / "runs" / name / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["val_loss"] for line in lines if "val_loss" in line][-1]
+
+    assert gap["mean"][-1] == pytest.approx(np.mean([last_val("qcompass", s) - last_val("mha", s) for s in (0, 1)]))
+    assert "| qcompass | " in (out / "results.md").read_text().split("during training")[1]
+    assert len(gap["mean"]) == len(gap["std"]) == 2 and all(np.isfinite(gap["mean"]))
     assert all(set(results["variants"][n]["val_drop_last_20pct"]) == {"0", "1"} for n in ("qcompass", "mha"))
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # the same seed gives the same data order for every variant: identical first batches' token counts
@@ -106,6 +132,7 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     # every run trains with the same recipe, warmup included (default: 10% of the steps, at least one)
     recipe = [json.loads((out / "runs" / n / "seed0" / "run_config.json").read_text())["args"] for n in ("qcompass", "mha")]
     assert recipe[0]["warmup"] == recipe[1]["warmup"] == 1 and recipe[0]["lr"] == recipe[1]["lr"]
+    assert recipe[0]["eval_batches"] == recipe[1]["eval_batches"] == ablate.PERIODIC_EVAL_BATCHES
     # rerunning resumes: finished runs are not trained again
     stamp = (out / "runs" / "mha" / "seed1" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()

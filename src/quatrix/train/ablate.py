@@ -161,6 +161,29 @@ def late_drop(records: list[dict], fraction: float = 0.2) -> float:
     return earlier[-1] - final if earlier else float("nan")
 
 
+def gap_curve(curves: list[list[dict]], reference: list[list[dict]]) -> dict[str, list[float]]:
+    """The paired validation-loss difference against the reference at every periodic
+    evaluation that all seeds share: per step, the mean and sample std over seeds of
+    (variant - reference). A gap that has stopped moving means the ranking has settled even
+    where the losses themselves still fall. `curves` and `reference` hold one metrics record
+    list per seed, in the same seed order."""
+    def val(records):
+        return {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+
+    pairs = [(val(a), val(b)) for a, b in zip(curves, reference, strict=True)]
+    steps = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs))) if pairs else []
+    diffs = np.array([[a[s] - b[s] for s in steps] for a, b in pairs]).reshape(len(pairs), len(steps))
+    std = diffs.std(axis=0, ddof=1) if len(pairs) > 1 else np.full(len(steps), np.nan)
+    return {"steps": steps, "mean": diffs.mean(axis=0).tolist(), "std": std.tolist()}
+
+
+def gap_at(curve: dict[str, list[float]], fraction: float) -> tuple[float, float]:
+    """(mean, std) of a `gap_curve` at the last evaluation at or before `fraction` of its final step."""
+    steps = curve["steps"]
+    i = max((i for i, s in enumerate(steps) if s <= fraction * steps[-1]), default=None) if steps else None
+    return (float("nan"), float("nan")) if i is None else (curve["mean"][i], curve["std"][i])
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
@@ -181,6 +204,9 @@ def token_cache(args) -> Path:
     return Path(args.out) / ".token_cache"
 
 
+PERIODIC_EVAL_BATCHES = 20  # held-out batches of the evaluations during training (the curves, the gap)
+
+
 def warmup_steps(args) -> int:
     return args.warmup if args.warmup is not None else max(1, args.steps // 10)
 
@@ -193,7 +219,7 @@ def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) ->
            "--mixer", config.mixer, "--q-heads", str(config.q_heads), "--hidden-size", str(config.hidden_size),
            "--num-layers", str(config.num_layers), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--seq-len", str(args.seq_len), "--lr", str(args.lr), "--warmup", str(warmup_steps(args)),
-           "--eval-every", str(args.eval_every),
+           "--eval-every", str(args.eval_every), "--eval-batches", str(PERIODIC_EVAL_BATCHES),
            "--save-every", str(args.eval_every), "--seed", str(seed), "--sample-tokens", "0",
            "--device", "cuda" if torch.cuda.is_available() else "cpu", "--out", str(directory),
            "--cache-dir", str(token_cache(args))]
@@ -203,7 +229,7 @@ def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) ->
     if (directory / "checkpoint").is_dir():
         cmd.append("--resume")
     print(f"ablate: training {name} seed {seed}" + (" (resuming)" if "--resume" in cmd else ""), flush=True)
-    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"ablate: {name} seed {seed} failed:\n{result.stderr[-3000:]}")
 
@@ -273,11 +299,13 @@ def main(args: argparse.Namespace) -> int:
             "peak_memory_mib": float(np.max([r["summary"]["peak_memory_mib"] for r in runs.values()])),
         }
     ref = results["variants"][args.reference]
+    curves = {name: [read_metrics(run_dir(out, name, s) / "metrics.jsonl") for s in seeds] for name in configs}
     for name, v in results["variants"].items():
         v["paired_vs_reference"] = paired([v["val_loss"][str(s)] for s in seeds], [ref["val_loss"][str(s)] for s in seeds])
+        v["val_gap_curve"] = gap_curve(curves[name], curves[args.reference])
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", results_markdown(results, args))
-    plot_curves(out, list(configs), seeds)
+    plot_curves(out, curves, args.reference)
     print((out / "results.md").read_text())
     return 0
 
@@ -285,10 +313,10 @@ def main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- reports
 def results_markdown(results: dict, args) -> str:
     seeds = results["seeds"]
-    lines = [f"# Ablation: {len(results['variants'])} variants x {len(seeds)} seeds ({args.preset}, {args.steps} steps, "
-             f"warmup {warmup_steps(args)}, lr {args.lr:g}, match={results['match']})", "",
-             "| variant | H | params | mixer params | val loss | val perplexity | fall, last 20% | tokens/s | peak MiB "
-             "| cache floats/token |",
+    lines = [(f"# Ablation: {len(results['variants'])} variants x {len(seeds)} seeds ({args.preset}, {args.steps} steps, "
+              f"warmup {warmup_steps(args)}, lr {args.lr:g}, match={results['match']})"), "",
+             ("| variant | H | params | mixer params | val loss | val perplexity | fall, last 20% | tokens/s | peak MiB "
+              "| cache floats/token |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in results["variants"].items():
         changed = "".join(f" ({k} {a}→{b})" for k, (a, b) in ((k, v["matched"][k]) for k in ("hidden_size", "num_layers")
@@ -299,8 +327,8 @@ def results_markdown(results: dict, args) -> str:
         lines.append(f"| {name} | {v['hidden_size']}{changed} | {v['params_total']:,} | {v['params_mixer']:,} | "
                      f"{loss} | {ppl} | {fall:.4f} | {v['tokens_per_s']:,.0f} | {v['peak_memory_mib']:.0f} | "
                      f"{v['cache_floats_per_token']} |")
-    lines += ["", "`fall, last 20%`: how much the validation loss (nats, mean over seeds) still fell over the last "
-              "fifth of training; near zero once the curves have flattened.",
+    lines += ["", ("`fall, last 20%`: how much the validation loss (nats, mean over seeds) still fell over the last "
+                   "fifth of training; near zero once the curves have flattened."),
               "", f"Paired differences in validation loss against `{results['reference']}` (per seed; positive = worse):",
               "", "| variant | per-seed differences | mean ± std | paired t-test p |", "|---|---|---:|---:|"]
     for name, v in results["variants"].items():
@@ -310,6 +338,15 @@ def results_markdown(results: dict, args) -> str:
         p_value = "n/a (one seed)" if np.isnan(p["p_value"]) else f"{p['p_value']:.3g}"
         lines.append(f"| {name} | {', '.join(f'{d:+.4f}' for d in p['diffs'])} | {spread(p['mean'], p['std'], sign='+')} | "
                      f"{p_value} |")
+    fractions = (0.25, 0.5, 0.75, 1.0)
+    lines += ["", (f"The same paired difference during training (periodic evaluation on {PERIODIC_EVAL_BATCHES} "
+                   "batches, mean ± std over seeds) at a quarter, half, three quarters and all of the steps. Once it "
+                   "stops moving the ranking has settled, even while the losses still fall:"),
+              "", "| variant | " + " | ".join(f"{f:.0%}" for f in fractions) + " |", "|---|" + "---:|" * len(fractions)]
+    for name, v in results["variants"].items():
+        if name != results["reference"]:
+            cells = [spread(*gap_at(v["val_gap_curve"], f), sign="+") for f in fractions]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ood = next(iter(results["variants"].values()))["ood_loss"]
     if ood:
         lines += ["", "Out-of-distribution validation loss (mean ± std over seeds):", "",
@@ -320,16 +357,16 @@ def results_markdown(results: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(out: Path, names: list[str], seeds: list[int]) -> None:
-    """Mean training loss (smoothed) and validation loss per variant against step."""
+def plot_curves(out: Path, curves: dict[str, list[list[dict]]], reference: str) -> None:
+    """Left: mean training loss (smoothed) and validation loss per variant against step.
+    Right: each variant's paired validation-loss difference against the reference, ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, name in enumerate(names):
-        runs = [read_metrics(run_dir(out, name, s) / "metrics.jsonl") for s in seeds]
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    for i, (name, runs) in enumerate(curves.items()):
         steps = [r["step"] for r in runs[0]]
         train = np.mean([[r["loss"] for r in run] for run in runs], axis=0)
         window = max(1, len(train) // 30)
@@ -338,9 +375,17 @@ def plot_curves(out: Path, names: list[str], seeds: list[int]) -> None:
         val_steps = [r["step"] for r in runs[0] if "val_loss" in r]
         val = np.mean([[r["val_loss"] for r in run if "val_loss" in r] for run in runs], axis=0)
         ax.plot(val_steps, val, "o-", color=f"C{i}", label=name, ms=3)
+        if name != reference:
+            gap = gap_curve(runs, curves[reference])
+            mean, std = np.array(gap["mean"]), np.nan_to_num(np.array(gap["std"]))
+            gap_ax.plot(gap["steps"], mean, "o-", color=f"C{i}", label=name, ms=3)
+            gap_ax.fill_between(gap["steps"], mean - std, mean + std, color=f"C{i}", alpha=0.15)
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="train (thin) and validation (dots), mean over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    gap_ax.axhline(0, color="k", lw=0.8)
+    gap_ax.set(xlabel="step", ylabel="nats/token", title=f"validation loss minus {reference}'s, same seed (± std)")
+    for a in (ax, gap_ax):
+        a.grid(alpha=0.3)
+        a.legend()
     fig.tight_layout()
     with atomic_path(out / "curves.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
