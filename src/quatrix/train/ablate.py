@@ -14,6 +14,7 @@ reference variant, and the loss curves are written to DIR.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from quatrix.checkpoint import atomic_path, atomic_write_text
 from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.params import count_parameters, training_flops_per_token
 from quatrix.train.common import read_metrics
+
+PERIODIC_EVAL_BATCHES = 20  # held-out batches of the evaluations during training (the curves, the gap)
 
 # name -> config overrides (q_heads comes from --heads for the multi-head variants)
 VARIANTS = {
@@ -180,8 +183,8 @@ def gap_curve(curves: list[list[dict]], reference: list[list[dict]]) -> dict[str
 def gap_at(curve: dict[str, list[float]], fraction: float) -> tuple[float, float]:
     """(mean, std) of a `gap_curve` at the last evaluation at or before `fraction` of its final step."""
     steps = curve["steps"]
-    i = max((i for i, s in enumerate(steps) if s <= fraction * steps[-1]), default=None) if steps else None
-    return (float("nan"), float("nan")) if i is None else (curve["mean"][i], curve["std"][i])
+    i = bisect.bisect_right(steps, fraction * steps[-1]) - 1 if steps else -1
+    return (float("nan"), float("nan")) if i < 0 else (curve["mean"][i], curve["std"][i])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -202,9 +205,6 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
 def token_cache(args) -> Path:
     """The token files every run and evaluation of the ablation share."""
     return Path(args.out) / ".token_cache"
-
-
-PERIODIC_EVAL_BATCHES = 20  # held-out batches of the evaluations during training (the curves, the gap)
 
 
 def warmup_steps(args) -> int:
@@ -277,15 +277,16 @@ def main(args: argparse.Namespace) -> int:
     for seed in seeds:  # seed-major: an interrupted ablation has complete seeds for every variant
         for name, (config, _) in configs.items():
             train(args, name, config, seed, run_dir(out, name, seed))
+    curves = {name: [read_metrics(run_dir(out, name, s) / "metrics.jsonl") for s in seeds] for name in configs}
     for name, (config, matched) in configs.items():
         counts = parameter_counts(config)
         runs = {}
-        for seed in seeds:
+        for seed, records in zip(seeds, curves[name], strict=True):
             directory = run_dir(out, name, seed)
             summary = json.loads((directory / "summary.json").read_text())
             val = evaluate(args, directory, data)
             runs[seed] = {"val_loss": val["loss"], "val_perplexity": val["perplexity"], "summary": summary,
-                          "late_drop": late_drop(read_metrics(directory / "metrics.jsonl")),
+                          "late_drop": late_drop(records),
                           "ood": {d: evaluate(args, directory, [d])["loss"] for d in ood}}
         results["variants"][name] = {
             "params_total": counts["total"], "params_mixer": counts["mixers"],
@@ -299,13 +300,13 @@ def main(args: argparse.Namespace) -> int:
             "peak_memory_mib": float(np.max([r["summary"]["peak_memory_mib"] for r in runs.values()])),
         }
     ref = results["variants"][args.reference]
-    curves = {name: [read_metrics(run_dir(out, name, s) / "metrics.jsonl") for s in seeds] for name in configs}
     for name, v in results["variants"].items():
         v["paired_vs_reference"] = paired([v["val_loss"][str(s)] for s in seeds], [ref["val_loss"][str(s)] for s in seeds])
         v["val_gap_curve"] = gap_curve(curves[name], curves[args.reference])
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", results_markdown(results, args))
-    plot_curves(out, curves, args.reference)
+    plot_curves(out, curves, {n: v["val_gap_curve"] for n, v in results["variants"].items() if n != args.reference},
+                args.reference)
     print((out / "results.md").read_text())
     return 0
 
@@ -357,7 +358,7 @@ def results_markdown(results: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(out: Path, curves: dict[str, list[list[dict]]], reference: str) -> None:
+def plot_curves(out: Path, curves: dict[str, list[list[dict]]], gaps: dict[str, dict], reference: str) -> None:
     """Left: mean training loss (smoothed) and validation loss per variant against step.
     Right: each variant's paired validation-loss difference against the reference, ± std."""
     import matplotlib
@@ -375,8 +376,8 @@ def plot_curves(out: Path, curves: dict[str, list[list[dict]]], reference: str) 
         val_steps = [r["step"] for r in runs[0] if "val_loss" in r]
         val = np.mean([[r["val_loss"] for r in run if "val_loss" in r] for run in runs], axis=0)
         ax.plot(val_steps, val, "o-", color=f"C{i}", label=name, ms=3)
-        if name != reference:
-            gap = gap_curve(runs, curves[reference])
+        if name in gaps:
+            gap = gaps[name]
             mean, std = np.array(gap["mean"]), np.nan_to_num(np.array(gap["std"]))
             gap_ax.plot(gap["steps"], mean, "o-", color=f"C{i}", label=name, ms=3)
             gap_ax.fill_between(gap["steps"], mean - std, mean + std, color=f"C{i}", alpha=0.15)
