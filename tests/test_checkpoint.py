@@ -6,7 +6,7 @@ from torch.testing import assert_close
 
 from conftest import tiny_config
 from quatrix import QuatrixLM, load_legacy_state_dict
-from quatrix.checkpoint import atomic_path
+from quatrix.io import atomic_path
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(q_value_content=True, use_vision=True), dict(tie_embeddings=False)])

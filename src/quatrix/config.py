@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from quatrix.io import atomic_write_text
+
 MIXERS = ("qcompass", "mha", "mha_rank")
 
 
@@ -136,8 +138,6 @@ class QuatrixConfig:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         if path is not None:
-            from quatrix.checkpoint import atomic_write_text
-
             atomic_write_text(Path(path), text)
         return text
 

@@ -56,6 +56,7 @@ class QuatrixLM(nn.Module):
         attention_mask: Tensor | None = None,
         loss_reduction: str = "mean",
         cache=None,
+        check_values: bool = True,
     ) -> dict[str, Tensor | None]:
         """Next-token language model over [image tokens][audio tokens][text tokens].
 
@@ -67,33 +68,37 @@ class QuatrixLM(nn.Module):
         token with loss_reduction="none" (0 where ignored), or None without labels}.
         cache: a quatrix.engine.Cache; the new tokens are appended to it and routed over
         everything cached before (prefill, then one token per step).
+        check_values: check that token ids and labels lie in the vocabulary. Each check
+        costs a device-to-host sync, so loops whose inputs were checked at the boundary (the
+        training stages, the engine's decode steps) pass False; shapes are always checked.
         """
         cfg = self.config
-        check_token_ids("input_ids", input_ids, cfg.vocab_size, cfg.max_seq_len)
+        check_token_ids("input_ids", input_ids, cfg.vocab_size, cfg.max_seq_len, values=check_values)
         if loss_reduction not in ("mean", "sum", "none"):
             raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
         B, L = input_ids.shape
-        prefix = self.encode_prefix(B, pixel_values, mel_values)  # [B, P, H]
+        prefix = self.encode_prefix(B, pixel_values, mel_values, check_values)  # [B, P, H]
         x, mask = self.embed(input_ids, attention_mask, prefix, cache)
         x = self.run_blocks(x, mask, cache)
         logits = self.head(self.norm(x[:, x.shape[1] - L :]))  # [B, L, V]
         loss = None
         if labels is not None:
-            check_labels(labels, input_ids, cfg.vocab_size)
+            check_labels(labels, input_ids, cfg.vocab_size, values=check_values)
             loss = next_token_loss(logits, labels, loss_reduction)
         return {"logits": logits, "loss": loss}
 
-    def encode_prefix(self, batch: int, pixel_values: Tensor | None, mel_values: Tensor | None) -> Tensor | None:
+    def encode_prefix(self, batch: int, pixel_values: Tensor | None, mel_values: Tensor | None,
+                      check_values: bool = True) -> Tensor | None:
         """Image then audio tokens, each [B, n, H], concatenated; None if neither is given."""
         parts = []
         if pixel_values is not None:
             if self.vision is None:
                 raise ValueError("pixel_values given but this model has no vision encoder (use_vision=False)")
-            parts.append(self.vision(pixel_values))
+            parts.append(self.vision(pixel_values, check_values))
         if mel_values is not None:
             if self.audio is None:
                 raise ValueError("mel_values given but this model has no audio encoder (use_audio=False)")
-            parts.append(self.audio(mel_values))
+            parts.append(self.audio(mel_values, check_values))
         for part in parts:
             if part.shape[0] != batch:
                 raise ValueError(f"image/audio batch size {part.shape[0]} does not match input_ids batch size {batch}")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from quatrix.checkpoint import atomic_write_text
+from quatrix.io import atomic_write_text
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = (

@@ -33,9 +33,10 @@ class QuatrixVision(nn.Module):
         self.proj = nn.Linear(Hv, c.hidden_size, bias=False)  # to the LM width
         init_weights(self, c.vision_layers)
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        """pixel_values: [B, C, S, S] (normalised floats) -> image tokens [B, (S/p)^2, H]."""
-        check_image("pixel_values", pixel_values, self.channels, self.image_size)
+    def forward(self, pixel_values: Tensor, check_values: bool = True) -> Tensor:
+        """pixel_values: [B, C, S, S] (normalised floats) -> image tokens [B, (S/p)^2, H].
+        check_values=False skips the finiteness check (a host sync) for checked inputs."""
+        check_image("pixel_values", pixel_values, self.channels, self.image_size, values=check_values)
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [B, Hv, S/p, S/p]
         x = x.flatten(2).transpose(1, 2)  # [B, N, Hv]
         x = self.drop(x + self.pos_emb.weight)

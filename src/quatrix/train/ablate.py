@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.checkpoint import atomic_path, atomic_write_text
+from quatrix.io import atomic_path, atomic_write_text
 from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.params import count_parameters, training_flops_per_token
 from quatrix.train.common import read_metrics

@@ -3,6 +3,8 @@ checkpoints with exact resume, metrics, plots and held-out evaluation."""
 
 from __future__ import annotations
 
+import hashlib
+import contextlib
 import json
 import math
 import os
@@ -15,9 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
+
+from quatrix.io import WriteError, atomic_path, is_full_disk, atomic_write_json, atomic_write_text, fsync_dir
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.pt"
+MANIFEST_NAME = "manifest.json"  # written last: seals a complete checkpoint
 
 
 # ---------------------------------------------------------------------- distributed
@@ -108,47 +114,252 @@ def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> float:
     return optimizers[-1].param_groups[0]["lr"]
 
 
+# ---------------------------------------------------------------------- set-up and steps
+PLUGIN_SOURCES = {"vision": "image", "audio": "audio", "world": None}  # plugin -> the data source that feeds it
+
+
+def freeze_unused_plugins(model: torch.nn.Module, sources) -> None:
+    """Freeze the plugins no data source of this run feeds (a text-only run of a vision
+    preset, the world model in language-model stages): they get no gradient, the optimizer
+    skips them, and DistributedDataParallel does not wait for them."""
+    for name, source in PLUGIN_SOURCES.items():
+        module = getattr(model, name, None)
+        if module is not None and source not in sources:
+            module.requires_grad_(False)
+
+
+def wrap_model(model: torch.nn.Module, compile: bool, d: Dist, device: str, uneven_plugins: bool):
+    """torch.compile and DistributedDataParallel as asked. `uneven_plugins`: some steps feed
+    a trainable plugin and others do not (a text + image mixture), so DDP must look for
+    parameters without gradients; it costs a graph traversal per step, so only then."""
+    if compile:
+        model = torch.compile(model)
+    if d.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainable_plugins = any(p.requires_grad for name in PLUGIN_SOURCES if getattr(model, name, None) is not None
+                                for p in getattr(model, name).parameters())
+        model = DistributedDataParallel(model, device_ids=[d.local_rank] if "cuda" in device else None,
+                                        find_unused_parameters=uneven_plugins and trainable_plugins)
+    return model
+
+
+def autocast_context(device: str):
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if "cuda" in str(device):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def accumulate_gradients(train_model, loader, step: int, grad_accum: int, d: Dist, device: str, autocast) -> tuple[str, Tensor]:
+    """Forward and backward over `grad_accum` micro-batches of this step's source; under DDP
+    the gradients are all-reduced once, with the last micro-batch. Returns the source and
+    the step's mean loss (a device tensor: no host sync here)."""
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(grad_accum):
+        source, batch = loader.next_batch(step)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        defer_sync = d.world_size > 1 and micro < grad_accum - 1
+        with train_model.no_sync() if defer_sync else contextlib.nullcontext():  # one context per micro-batch
+            with autocast:
+                loss = train_model(**batch, check_values=False)["loss"] / grad_accum
+            loss.backward()
+        loss_sum += loss.detach()
+    return source, loss_sum
+
+
+def optimizer_step(model: torch.nn.Module, optimizers, loss: Tensor, d: Dist) -> tuple[float, float]:
+    """Clip the gradient norm at 1.0 and step, unless the loss or the gradients are not
+    finite. Returns (mean loss over ranks, gradient norm): the step's one host sync."""
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
+    loss_value, norm_value = torch.stack([d.mean(loss.float()), grad_norm.float().to(loss.device)]).tolist()
+    if math.isfinite(loss_value) and math.isfinite(norm_value):
+        for opt in optimizers:
+            opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return loss_value, norm_value
+
+
+def due(step: int, every: int, total: int) -> bool:
+    """Periodic work (evaluation, checkpoints) at every `every` steps and at the end; 0 = only at the end."""
+    return step == total or (every > 0 and step % every == 0)
+
+
+def write_run_config(out: Path, args, config, tokenizer, d: Dist) -> None:
+    resolved = {"args": vars(args), "model": config.to_dict(), "world_size": d.world_size,
+                "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+                "torch": torch.__version__, "threads": torch.get_num_threads()}
+    atomic_write_json(out / "run_config.json", resolved)
+
+
+def restore(checkpoint: Path, model: torch.nn.Module, optimizers, loader, config) -> int:
+    """Load a checkpoint's weights, optimizer and data state and RNG into this run; returns
+    the step it was taken at. Refuses a checkpoint of another model configuration."""
+    from quatrix.model import QuatrixLM
+
+    verify_checkpoint(checkpoint)
+    saved = QuatrixLM.from_pretrained(checkpoint)
+    if saved.config != config:
+        changed = sorted(k for k, v in saved.config.to_dict().items() if config.to_dict()[k] != v)
+        raise ValueError(f"--resume: the checkpoint's model differs from this run's flags in {', '.join(changed)}")
+    model.load_state_dict(saved.state_dict())
+    state = load_checkpoint_state(checkpoint)
+    if len(state["optimizers"]) != len(optimizers):
+        raise ValueError(f"--resume: the checkpoint has {len(state['optimizers'])} optimizer(s), this run "
+                         f"{len(optimizers)}; resume with the same --optimizer")
+    for opt, opt_state in zip(optimizers, state["optimizers"]):
+        opt.load_state_dict(opt_state)
+    loader.load_state_dict(state["loader"])
+    restore_rng(state["rng"])
+    return int(state["step"])
+
+
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(out: Path, model, tokenizer, optimizers, step: int, loader_state: dict, args: dict) -> Path:
     """OUT/checkpoint/: model.safetensors + config.json + tokenizer + trainer_state.pt
-    (optimizers, step, loader position, RNG states, arguments), swapped in whole: written to
-    a temporary folder, then renamed over the previous checkpoint."""
-    final = out / CHECKPOINT_DIR
-    tmp, old = out / f".{CHECKPOINT_DIR}.tmp", out / f".{CHECKPOINT_DIR}.old"
+    (optimizers, step, loader position, RNG states, arguments) + manifest.json.
+
+    Crash-safe at every instant: the new checkpoint is written whole into OUT/.checkpoint.tmp
+    and sealed by its manifest (written last), then swapped in by two renames
+    (checkpoint -> .checkpoint.old, .checkpoint.tmp -> checkpoint). A kill between the two
+    leaves a sealed .checkpoint.tmp (or .checkpoint.old), which `recover_checkpoint` puts
+    back. A failed write (e.g. a full disk) removes the partial folder and leaves the last
+    checkpoint untouched."""
+    final, tmp, old = _checkpoint_paths(out)
+    recover_checkpoint(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tokenizer.save(tmp)
-    state = {
-        "step": step,
-        "optimizers": [opt.state_dict() for opt in optimizers],
-        "loader": loader_state,
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-        "args": args,
-    }
-    torch.save(state, tmp / STATE_NAME)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp)
+        tokenizer.save(tmp)
+        with atomic_path(tmp / STATE_NAME) as path:
+            torch.save(trainer_state(optimizers, step, loader_state, args), path)
+        atomic_write_json(tmp / MANIFEST_NAME, _manifest(tmp, step))
+        fsync_dir(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            reason = "no space left on the device" if is_full_disk(e) else (e.strerror or str(e))
+            last = f"the last checkpoint, {final}, is unchanged" if final.is_dir() else "there is no earlier checkpoint"
+            raise WriteError(e.errno, f"could not write the step-{step} checkpoint ({reason}); {last}") from None
+        raise
     if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
+    fsync_dir(out)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _checkpoint_paths(out: Path) -> tuple[Path, Path, Path]:
+    out = Path(out)
+    return out / CHECKPOINT_DIR, out / f".{CHECKPOINT_DIR}.tmp", out / f".{CHECKPOINT_DIR}.old"
+
+
+def _sealed(directory: Path) -> bool:
+    return (directory / MANIFEST_NAME).is_file()
+
+
+def recover_checkpoint(out: Path) -> Path | None:
+    """Bring OUT/checkpoint back from whatever state a kill left it in, and return it (None
+    when there is no checkpoint at all). Prefers the newest sealed folder: checkpoint/
+    itself, else a sealed .checkpoint.tmp (killed between the two renames), else
+    .checkpoint.old. Unsealed leftovers are deleted."""
+    final, tmp, old = _checkpoint_paths(out)
+    if not final.exists():
+        for candidate in (tmp, old):
+            if _sealed(candidate):
+                candidate.rename(final)
+                fsync_dir(out)
+                break
+    for leftover in (tmp, old):
+        if leftover.exists() and (final.exists() or not _sealed(leftover)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return final if final.is_dir() else None
+
+
+def trainer_state(optimizers, step: int, loader_state: dict, args: dict) -> dict[str, Any]:
+    """Everything besides the weights that an exact resume needs, in types that
+    `torch.load(weights_only=True)` accepts (no pickled objects)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    rng = {"python": random.getstate(),
+           "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    plain_args = {k: v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v) for k, v in args.items()}
+    return {"step": step, "optimizers": [opt.state_dict() for opt in optimizers], "loader": loader_state,
+            "rng": rng, "args": plain_args, "threads": torch.get_num_threads()}
+
+
+def _manifest(directory: Path, step: int) -> dict[str, Any]:
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_NAME)
+    return {"step": step, "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Check every file against the manifest (size and SHA-256), naming the first that is
+    missing, truncated or altered. Checkpoints from before manifests pass unchecked."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{path} is corrupt; the checkpoint cannot be trusted") from None
+    for name, want in files.items():
+        f = directory / name
+        if not f.is_file():
+            raise ValueError(f"checkpoint {directory} is damaged: {name} is missing")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise ValueError(f"checkpoint {directory} is damaged: {name} has {size} bytes, "
+                             f"the manifest says {want['bytes']} (truncated?)")
+        if _sha256(f) != want["sha256"]:
+            raise ValueError(f"checkpoint {directory} is damaged: {name} does not match its checksum")
+
+
 def load_checkpoint_state(directory: Path) -> dict[str, Any]:
-    path = directory / STATE_NAME
+    """The trainer state of a checkpoint, loaded without executing code (weights_only)."""
+    path = Path(directory) / STATE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint to resume from: {path} is missing")
+    verify_checkpoint(Path(directory))
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path} is corrupt: {e}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated, foreign or code-carrying file
+        raise ValueError(f"{path} is corrupt or not a Quatrix trainer state: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or not {"step", "optimizers", "loader", "rng"} <= set(state):
+        raise ValueError(f"{path} is not a Quatrix trainer state (keys: {sorted(state) if isinstance(state, dict) else type(state).__name__})")
+    return state
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_tuples(state["python"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    """random.setstate wants the nested tuples back (a checkpoint may hold lists)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 # ---------------------------------------------------------------------- metrics
@@ -159,8 +370,8 @@ class Metrics:
     def __init__(self, out: Path, resume_step: int | None = None):
         self.path = out / "metrics.jsonl"
         if resume_step is not None and self.path.is_file():  # drop what the killed run logged after its checkpoint
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in _records(self.path) if r["step"] <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None:
             self.path.unlink(missing_ok=True)
         self.tb = None
@@ -185,14 +396,28 @@ class Metrics:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _records(path)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file; a last line cut short by a kill is dropped."""
+    records = []
+    lines = Path(path).read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON metrics record") from None
+    return records
 
 
 def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
     """OUT/summary.json: final losses, median training throughput and peak memory of the run."""
     import statistics
-
-    from quatrix.checkpoint import atomic_write_text
 
     records = read_metrics(metrics_path)
     val = [r for r in records if "val_loss" in r]
@@ -218,8 +443,6 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from quatrix.checkpoint import atomic_path
-
     records = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train", lw=1)
@@ -233,36 +456,3 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_tokens(model, tokens: np.ndarray, seq_len: int, batch_size: int, tokenizer=None,
-                    max_batches: int | None = None, device="cpu") -> dict[str, float]:
-    """Mean next-token loss over consecutive windows of a token file, its perplexity and,
-    with a tokenizer, bits per byte of the text those windows cover (comparable across
-    tokenizers)."""
-    was_training = model.training
-    model.eval()
-    n_windows = len(tokens) // seq_len
-    if n_windows == 0:
-        raise ValueError(f"evaluation data has {len(tokens)} tokens, fewer than one window of {seq_len}")
-    n_batches = math.ceil(n_windows / batch_size)
-    if max_batches:
-        n_batches = min(n_batches, max_batches)
-    total_loss, total_tokens, total_bytes = 0.0, 0, 0
-    for b in range(n_batches):
-        rows = np.stack([tokens[w * seq_len : (w + 1) * seq_len]
-                         for w in range(b * batch_size, min((b + 1) * batch_size, n_windows))])
-        ids = torch.from_numpy(rows.astype(np.int64)).to(device)
-        losses = model(ids, labels=ids, loss_reduction="none")["loss"]  # [B, L-1]
-        total_loss += float(losses.double().sum())
-        total_tokens += losses.numel()
-        if tokenizer is not None:  # bytes of the predicted tokens (positions 1..L-1 of each window)
-            total_bytes += sum(len(tokenizer.decode(row[1:].tolist()).encode("utf-8")) for row in rows)
-    model.train(was_training)
-    loss = total_loss / total_tokens
-    result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": total_tokens}
-    if tokenizer is not None:
-        result["bits_per_byte"] = total_loss / math.log(2) / max(1, total_bytes)
-    return result

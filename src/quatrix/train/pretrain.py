@@ -11,8 +11,6 @@ or many GPUs through torchrun (DistributedDataParallel, each rank its own data s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
 import sys
 import time
@@ -21,22 +19,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from quatrix.config import PRESETS, preset
+from quatrix.config import MIXERS, PRESETS, QuatrixConfig, preset
 from quatrix.data.images import ImageTextLoader, ImageTextSource
 from quatrix.data.mixture import Mixture, parse_mixture
 from quatrix.data.text import CORPORA, DEFAULT_CORPUS, TokenLoader, load_tokens, prepare_tokens
+from quatrix.eval.perplexity import evaluate_tokens
 from quatrix.model import QuatrixLM
 from quatrix.tokenizer import load_tokenizer
 from quatrix.train import common
+from quatrix.validation import nonnegative_float, nonnegative_int, positive_float, positive_int, int_at_least
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a JSON file of these options (command-line flags override it)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    p.add_argument("--mixer", choices=["qcompass", "mha", "mha_rank"], help="override the preset's mixer")
-    p.add_argument("--q-heads", type=int)
-    p.add_argument("--hidden-size", type=int, help="override the preset's width H")
-    p.add_argument("--num-layers", type=int, help="override the preset's depth")
+    p.add_argument("--mixer", choices=MIXERS, help="override the preset's mixer")
+    p.add_argument("--q-heads", type=positive_int)
+    p.add_argument("--hidden-size", type=positive_int, help="override the preset's width H")
+    p.add_argument("--num-layers", type=positive_int, help="override the preset's depth")
     p.add_argument("--savo", action="store_true", help="Q-Compass with Q-value content")
     p.add_argument("--data", action="append", help=f"named corpus ({', '.join(CORPORA)}) or path; repeatable "
                                                    f"(default: {DEFAULT_CORPUS})")
@@ -44,46 +44,111 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixture", help="source weights per step, e.g. text=0.7,image=0.3 (default with "
                                      "--image-data: text=0.7,image=0.3; else text only)")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a trained tokenizer directory")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps in all")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step per process (before accumulation)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--steps", type=positive_int, default=300, help="optimizer steps in all")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step per process (before accumulation)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--seq-len", type=int_at_least(2), default=128)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.1)
+    p.add_argument("--warmup", type=nonnegative_int, default=20, help="linear warmup steps (at most --steps)")
     p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-batches", type=int, default=20)
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=nonnegative_int, default=100,
+                   help="validate every N steps and at the end (0: only at the end)")
+    p.add_argument("--eval-batches", type=positive_int, default=20)
+    p.add_argument("--save-every", type=nonnegative_int, default=100,
+                   help="checkpoint every N steps and at the end (0: only at the end)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/pretrain")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT exactly, from its last checkpoint (from step 0 if it was killed "
+                        "before its first checkpoint)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--cache-dir", default=None, help="token cache (default: OUT/../.token_cache)")
-    p.add_argument("--sample-tokens", type=int, default=48, help="generate this many tokens at the end (0: none)")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: die at this step
+    p.add_argument("--sample-tokens", type=nonnegative_int, default=48,
+                   help="generate this many tokens at the end (0: none)")
+    p.add_argument("--stop-after", type=positive_int, default=None, help=argparse.SUPPRESS)  # tests: die here
 
 
 def main(args: argparse.Namespace) -> int:
-    # ---------------------------------------------------------------- set-up
+    check_arguments(args)
     d = common.setup_distributed(args.device)
+    try:
+        return run(args, d)
+    finally:
+        common.teardown_distributed(d)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What the flag types cannot see alone (they already refuse 0, negative and NaN values)."""
+    if args.warmup > args.steps:
+        raise ValueError(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
+    if args.resume and not Path(args.out).is_dir():
+        raise FileNotFoundError(f"--resume: no run to continue at {args.out}")
+
+
+def run(args: argparse.Namespace, d: common.Dist) -> int:
+    # ---------------------------------------------------------------- set-up
     device = f"cuda:{d.local_rank}" if args.device.startswith("cuda") and d.world_size > 1 else args.device
     out = Path(args.out)
-    if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.seq_len < 2:
-        raise ValueError("--steps, --batch-size and --grad-accum must be >= 1, --seq-len >= 2")
     weights = parse_mixture(args.mixture or ("text=0.7,image=0.3" if args.image_data else "text=1"))
     if "image" in weights and not args.image_data:
         raise ValueError("--mixture uses image data: give --image-data (clevr, digits or a path)")
-    if args.resume and not (out / common.CHECKPOINT_DIR).is_dir():
-        raise FileNotFoundError(f"--resume: no checkpoint at {out / common.CHECKPOINT_DIR}")
+    checkpoint = resume_point(args, out, d)
     out.mkdir(parents=True, exist_ok=True)
     common.seed_everything(args.seed)
 
     # ---------------------------------------------------------------- tokenizer and model
     tokenizer = load_tokenizer(args.tokenizer)
-    overrides = {"vocab_size": tokenizer.vocab_size, "use_gradient_checkpointing": args.grad_checkpointing}
+    config = model_config(args, tokenizer.vocab_size, weights)
+    model = QuatrixLM(config).to(device)
+    common.freeze_unused_plugins(model, weights)
+    if d.is_main:
+        common.write_run_config(out, args, config, tokenizer, d)
+
+    # ---------------------------------------------------------------- data
+    loader, val_tokens = build_data(args, tokenizer, config, weights, out, d)
+
+    # ---------------------------------------------------------------- optimizer, resume
+    optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
+    start = common.restore(checkpoint, model, optimizers, loader, config) if checkpoint else 0
+    train_model = common.wrap_model(model, args.compile, d, device, uneven_plugins=len(weights) > 1)
+    metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
+
+    # ---------------------------------------------------------------- loop
+    status = train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, loader, val_tokens, metrics,
+                        start)
+
+    # ---------------------------------------------------------------- save
+    if d.is_main:
+        metrics.close()
+        if status == 0 and args.stop_after is None:
+            report(args, out, model, tokenizer, val_tokens, metrics.path, device)
+    return status
+
+
+def resume_point(args, out: Path, d: common.Dist) -> Path | None:
+    """The checkpoint to continue from (after repairing a swap a kill interrupted), or None.
+
+    A run killed before its first checkpoint restarts from step 0 under --resume: it is the
+    same run, and the seed makes its first steps identical."""
+    if not args.resume:
+        return None
+    if d.is_main:
+        common.recover_checkpoint(out)
+    d.barrier()
+    checkpoint = out / common.CHECKPOINT_DIR
+    if checkpoint.is_dir():
+        return checkpoint
+    if d.is_main:
+        print(f"pretrain: --resume: {out} holds no checkpoint yet; starting from step 0", file=sys.stderr)
+    return None
+
+
+def model_config(args, vocab_size: int, weights: dict[str, float]) -> QuatrixConfig:
+    """The preset with the flags' overrides; vision is switched on by image data."""
+    overrides = {"vocab_size": vocab_size, "use_gradient_checkpointing": args.grad_checkpointing}
     flags = {"mixer": args.mixer, "q_heads": args.q_heads, "hidden_size": args.hidden_size, "num_layers": args.num_layers}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.savo:
@@ -93,22 +158,15 @@ def main(args: argparse.Namespace) -> int:
     config = preset(args.preset, **overrides)
     if args.seq_len > config.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the preset's max_seq_len {config.max_seq_len}")
-    model = QuatrixLM(config).to(device)
-    if args.resume:
-        state_model = QuatrixLM.from_pretrained(out / common.CHECKPOINT_DIR)
-        if state_model.config != config:
-            raise ValueError("--resume: the checkpoint's model config differs from this run's flags")
-        model.load_state_dict(state_model.state_dict())
-    if d.is_main:
-        resolved = {"args": vars(args), "model": config.to_dict(), "world_size": d.world_size,
-                    "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}}
-        (out / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    return config
 
-    # ---------------------------------------------------------------- data
+
+def build_data(args, tokenizer, config: QuatrixConfig, weights: dict[str, float], out: Path, d: common.Dist):
+    """The step-wise mixture of sources, and the held-out text tokens."""
     sources = args.data or [DEFAULT_CORPUS]
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / ".token_cache"
-    if d.is_main:
-        paths = prepare_tokens(sources, tokenizer, cache_dir)
+    if d.is_main:  # one process tokenizes; the others wait, then read the same files
+        prepare_tokens(sources, tokenizer, cache_dir)
     d.barrier()
     paths = prepare_tokens(sources, tokenizer, cache_dir)
     train_tokens, val_tokens = (load_tokens(paths[s], tokenizer.vocab_size) for s in ("train", "val"))
@@ -117,92 +175,64 @@ def main(args: argparse.Namespace) -> int:
         images = ImageTextSource(args.image_data, config.image_size, args.seed)
         loaders["image"] = ImageTextLoader(images, tokenizer, args.seq_len, args.batch_size, args.seed, d.rank,
                                            d.world_size)
-    loader = Mixture(loaders, weights, args.seed)
+    return Mixture(loaders, weights, args.seed), val_tokens
 
-    # ---------------------------------------------------------------- optimizer, resume
-    optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
-    start = 0
-    if args.resume:
-        state = common.load_checkpoint_state(out / common.CHECKPOINT_DIR)
-        for opt, opt_state in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
-        loader.load_state_dict(state["loader"])
-        common.restore_rng(state["rng"])
-        start = state["step"]
-    train_model = model
-    if args.compile:
-        train_model = torch.compile(train_model)
-    if d.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(train_model, device_ids=[d.local_rank] if "cuda" in device else None,
-                                              find_unused_parameters=len(weights) > 1)  # text steps skip vision
-    metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if "cuda" in device else contextlib.nullcontext()
-
-    # ---------------------------------------------------------------- loop
+def train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, loader, val_tokens, metrics,
+               start: int) -> int:
+    """Steps start+1 .. --steps: train, log, validate, checkpoint. 0 when done, 1 when the
+    loss went non-finite (the last good checkpoint is kept)."""
     tokens_per_step = args.batch_size * args.grad_accum * args.seq_len * d.world_size
+    autocast = common.autocast_context(device)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not d.is_main, desc="pretrain")
     last_saved = start
     for step in bar:
         t0 = time.perf_counter()
         lr = common.set_lr(optimizers, common.lr_factor(step, args.warmup, args.steps))
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(args.grad_accum):
-            source, batch = loader.next_batch(step)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            sync = contextlib.nullcontext() if micro == args.grad_accum - 1 or d.world_size == 1 else train_model.no_sync()
-            with sync, autocast:
-                loss = train_model(**batch)["loss"] / args.grad_accum
-            with sync:
-                loss.backward()
-            loss_sum += loss.detach()
-        loss_value = float(d.mean(loss_sum))
-        if not math.isfinite(loss_value):
+        source, loss = common.accumulate_gradients(train_model, loader, step, args.grad_accum, d, device, autocast)
+        loss_value, grad_norm = common.optimizer_step(model, optimizers, loss, d)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             bar.close()
-            print(f"pretrain: loss became {loss_value} at step {step + 1}; stopping. The last good checkpoint "
+            what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {grad_norm}"
+            print(f"pretrain: {what} at step {step + 1}; stopping without that update. The last good checkpoint "
                   f"(step {last_saved}) is in {out / common.CHECKPOINT_DIR}; lower --lr or check the data.",
                   file=sys.stderr)
             return 1
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
         done = step + 1
         record = {"step": done, "loss": loss_value, "source": source, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
-        if done % args.eval_every == 0 or done == args.steps:
-            val = common.evaluate_tokens(model, val_tokens, args.seq_len, args.batch_size,
-                                         max_batches=args.eval_batches, device=device)
+        if common.due(done, args.eval_every, args.steps):
+            val = evaluate_tokens(model, val_tokens, args.seq_len, args.batch_size, max_batches=args.eval_batches,
+                                  device=device)
             record.update(val_loss=val["loss"], val_perplexity=val["perplexity"])
         if d.is_main:
             metrics.log(record)
             bar.set_postfix(loss=f"{loss_value:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
         if args.stop_after is not None and done >= args.stop_after:
             return 0  # as if killed: no checkpoint for this step
-        if done % args.save_every == 0 or done == args.steps:
+        if common.due(done, args.save_every, args.steps):
             if d.is_main:
                 common.save_checkpoint(out, model, tokenizer, optimizers, done, loader.state_dict(), vars(args))
             last_saved = done
             d.barrier()
-
-    # ---------------------------------------------------------------- save
-    if d.is_main:
-        metrics.close()
-        common.plot_losses(metrics.path, out / "loss.png")
-        common.write_summary(out, metrics.path, device)
-        last = common.read_metrics(metrics.path)[-1]
-        print(f"pretrain: {args.steps} steps, train loss {last['loss']:.3f}, val loss {last.get('val_loss', float('nan')):.3f} "
-              f"(perplexity {last.get('val_perplexity', float('nan')):.1f}); checkpoint {out / common.CHECKPOINT_DIR}")
-        if args.sample_tokens:
-            print_sample(model, tokenizer, val_tokens, args.sample_tokens, args.seed)
-    common.teardown_distributed(d)
     return 0
+
+
+def report(args, out: Path, model, tokenizer, val_tokens, metrics_path: Path, device: str) -> None:
+    """Loss plot, summary.json, a one-line result and a sample from the model."""
+    common.plot_losses(metrics_path, out / "loss.png")
+    common.write_summary(out, metrics_path, device)
+    last = common.read_metrics(metrics_path)[-1]
+    print(f"pretrain: {args.steps} steps, train loss {last['loss']:.3f}, val loss {last.get('val_loss', float('nan')):.3f} "
+          f"(perplexity {last.get('val_perplexity', float('nan')):.1f}); checkpoint {out / common.CHECKPOINT_DIR}")
+    if args.sample_tokens:
+        print_sample(model, tokenizer, val_tokens, args.sample_tokens, args.seed)
 
 
 def print_sample(model, tokenizer, val_tokens, n: int, seed: int) -> None:
     """Continue the first line of held-out text, to see what the model learned."""
     prompt = [int(t) for t in val_tokens[:16]]
+    n = min(n, model.config.max_seq_len - len(prompt))
     gen = model.generate([prompt], n, temperature=0.8, top_k=50, generator=torch.Generator().manual_seed(seed),
                          stop_token_ids=[tokenizer.eot_id])
     print("sample:", repr(tokenizer.decode(prompt)), "->", repr(tokenizer.decode(gen.tokens[0])))
