@@ -53,7 +53,7 @@ def storm(args, index: int, expected: list[float]) -> dict:
     out = Path(args.out) / f"storm{index}"
     shutil.rmtree(out, ignore_errors=True)
     log = open(Path(args.out) / f"storm{index}.log", "w")
-    kills, failed = 0, []
+    kills, in_write, failed = 0, 0, []
     base = pretrain_command(args, out)
     for attempt in range(args.kills + 1):
         resume = ["--resume"] if attempt and (args.always_resume or (out / "checkpoint").is_dir()) else []
@@ -67,6 +67,7 @@ def storm(args, index: int, expected: list[float]) -> dict:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 kills += 1
+                in_write += any((out / name).exists() for name in (".checkpoint.tmp", ".checkpoint.old"))
                 continue
         if code != 0:
             failed.append({"attempt": attempt, "exit": code})
@@ -79,11 +80,11 @@ def storm(args, index: int, expected: list[float]) -> dict:
     first_diff = next((i + 1 for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
     if first_diff is None and len(got) != len(expected):
         first_diff = min(len(got), len(expected)) + 1
-    return {"storm": index, "kills": kills, "failed_starts": failed, "steps_logged": len(got),
+    return {"storm": index, "kills": kills, "kills_inside_checkpoint_writes": in_write, "failed_starts": failed, "steps_logged": len(got),
             "first_differing_step": first_diff, "identical": first_diff is None and not failed}
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--storms", type=int, default=3)
     p.add_argument("--kills", type=int, default=20)
@@ -99,7 +100,11 @@ def main() -> int:
     p.add_argument("--always-resume", action="store_true",
                    help="pass --resume after every kill, even when no checkpoint folder is visible")
     p.add_argument("--out", default="runs/kill_storm")
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = parser().parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     start = time.time()
     expected = reference(args)
@@ -108,10 +113,12 @@ def main() -> int:
         results.append(storm(args, i, expected))
         print(json.dumps(results[-1]), flush=True)
     summary = {"args": vars(args), "storms": results, "kills": sum(r["kills"] for r in results),
+               "kills_inside_checkpoint_writes": sum(r["kills_inside_checkpoint_writes"] for r in results),
                "identical": sum(r["identical"] for r in results), "seconds": round(time.time() - start)}
     (Path(args.out) / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{summary['identical']} of {len(results)} storms identical to the uninterrupted run "
-          f"({summary['kills']} kills in all, {summary['seconds']} s)")
+          f"({summary['kills']} kills in all, {summary['kills_inside_checkpoint_writes']} inside checkpoint writes; "
+          f"{summary['seconds']} s)")
     return 0 if summary["identical"] == len(results) else 1
 
 

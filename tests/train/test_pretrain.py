@@ -121,18 +121,38 @@ def test_eval_reports_perplexity_and_bits_per_byte(setup, capsys):
     assert 0 < result["bits_per_byte"] < 8
 
 
+def torchrun(setup, out, *extra, port):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "quatrix.cli", "pretrain", "--preset", "tiny", "--data", str(setup / "corpus.txt"),
+           "--tokenizer", str(setup / "tok"), "--seq-len", "32", "--steps", "6", "--warmup", "2",
+           "--eval-every", "3", "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "1e-2",
+           "--cache-dir", str(setup / "cache"), "--out", str(setup / out), "--device", "cpu", *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((setup / out / "run_config.json").read_text())["world_size"] == 2
+
+
 def test_two_process_ddp_matches_one_process_with_the_global_batch(setup):
     assert run(setup, "single", "--batch-size", "4") == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "quatrix.cli", "pretrain", "--preset", "tiny", "--data", str(setup / "corpus.txt"),
-           "--tokenizer", str(setup / "tok"), "--batch-size", "2", "--seq-len", "32", "--steps", "6", "--warmup", "2",
-           "--eval-every", "3", "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "1e-2",
-           "--cache-dir", str(setup / "cache"), "--out", str(setup / "ddp"), "--device", "cpu"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((setup / "ddp" / "run_config.json").read_text())["world_size"] == 2
+    torchrun(setup, "ddp", "--batch-size", "2", port=29517)
     np.testing.assert_allclose(losses(setup, "ddp"), losses(setup, "single"), rtol=1e-4)
+
+
+def test_ddp_with_gradient_accumulation(setup):
+    """Each micro-batch enters its own no_sync context (one context object entered twice crashed)."""
+    assert run(setup, "single_accum", "--batch-size", "4") == 0
+    torchrun(setup, "ddp_accum", "--batch-size", "1", "--grad-accum", "2", port=29518)
+    np.testing.assert_allclose(losses(setup, "ddp_accum"), losses(setup, "single_accum"), rtol=1e-4)
+
+
+def test_ddp_trains_a_vision_preset_on_text_alone(setup):
+    """berry-q0 carries a vision encoder that text batches never reach: it is frozen, so DDP
+    does not wait for its gradients (which used to fail at the first step)."""
+    torchrun(setup, "ddp_vision", "--preset", "berry-q0", "--hidden-size", "64", "--num-layers", "1",
+             "--batch-size", "2", port=29519)
+    model = QuatrixLM.from_pretrained(setup / "ddp_vision" / "checkpoint")
+    assert model.vision is not None and len(losses(setup, "ddp_vision")) == 6
 
 
 def test_text_and_image_mixture_trains_vision_and_resumes_exactly(setup):
@@ -150,3 +170,68 @@ def test_text_and_image_mixture_trains_vision_and_resumes_exactly(setup):
 def test_mixture_needs_image_data(setup, capsys):
     assert run(setup, "bad_mix", "--mixture", "text=0.5,image=0.5") == 2
     assert "give --image-data" in capsys.readouterr().err
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_resume_keeps_the_thread_count_the_run_started_with(setup, restore_threads):
+    """Sums split over threads round differently (1 vs 2 threads part at step 2 here), so
+    a run resumed on a different thread count must go on with the count it began with."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs 2 CPU threads")
+    torch.set_num_threads(1)
+    assert run(setup, "one_thread", "--eval-every", "0") == 0
+    assert run(setup, "threads_killed", "--eval-every", "0", "--stop-after", "3") == 0
+    torch.set_num_threads(2)
+    assert run(setup, "two_threads", "--eval-every", "0") == 0
+    assert losses(setup, "two_threads") != losses(setup, "one_thread")  # else this test proves nothing
+    torch.set_num_threads(2)
+    assert run(setup, "threads_killed", "--eval-every", "0", "--resume") == 0
+    assert losses(setup, "threads_killed") == losses(setup, "one_thread")
+    assert json.loads((setup / "threads_killed" / "run_config.json").read_text())["threads"] == 1
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """Losses of an uninterrupted run with run()'s defaults (evaluation and saving do not change them)."""
+    assert run(setup, "reference") == 0
+    return losses(setup, "reference")
+
+
+def test_resume_before_the_first_checkpoint_starts_over(setup, reference, capsys):
+    assert run(setup, "early", "--save-every", "0", "--stop-after", "2") == 0
+    assert not (setup / "early" / "checkpoint").exists()
+    assert run(setup, "early", "--save-every", "0", "--resume") == 0
+    assert "holds no checkpoint yet; starting from step 0" in capsys.readouterr().err
+    assert losses(setup, "early") == reference
+
+
+def test_resume_after_a_kill_between_the_checkpoint_renames(setup, reference):
+    assert run(setup, "swap", "--stop-after", "5") == 0  # checkpoint at step 4
+    out = setup / "swap"
+    (out / "checkpoint").rename(out / ".checkpoint.tmp")  # as if killed between the two renames
+    assert run(setup, "swap", "--resume") == 0
+    assert losses(setup, "swap") == reference
+    assert not (out / ".checkpoint.tmp").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--eval-every", "-1", "must be >= 0"), ("--steps", "0", "must be >= 1"), ("--batch-size", "-3", "must be >= 1"),
+    ("--lr", "nan", "finite number"), ("--lr", "0", "finite number"), ("--seq-len", "1", "must be >= 2"),
+    ("--grad-accum", "0", "must be >= 1"), ("--seed", "-1", "must be >= 0"), ("--warmup", "x", "expected an integer"),
+])
+def test_numeric_flags_refuse_bad_values(setup, capsys, flag, value, message):
+    with pytest.raises(SystemExit):
+        run(setup, "flags", flag, value)
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and message in err
+
+
+def test_warmup_longer_than_the_run_is_refused(setup, capsys):
+    assert run(setup, "flags", "--warmup", "7") == 2
+    assert "--warmup 7 is longer than the run" in capsys.readouterr().err

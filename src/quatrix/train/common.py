@@ -3,13 +3,14 @@ checkpoints with exact resume, metrics, plots and held-out evaluation."""
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from quatrix.io import WriteError, atomic_path, is_full_disk, atomic_write_json, atomic_write_text, fsync_dir
+from quatrix.io import WriteError, atomic_path, atomic_write_json, atomic_write_text, fsync_dir, is_full_disk
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.pt"
@@ -64,6 +65,36 @@ def setup_distributed(device: str) -> Dist:
 def teardown_distributed(d: Dist) -> None:
     if d.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def pin_threads(threads: int | None = None) -> int:
+    """Fix the CPU thread count for the whole run and stop MKL from changing it per call.
+
+    Bitwise-reproducible CPU training needs every matmul and reduction split the same way:
+    MKL and ATen sum in a thread-count-dependent order (1 thread against 2 moves this
+    project's tiny run by one float32 ulp at step 17, then further), and with its default
+    MKL_DYNAMIC=TRUE, MKL may choose fewer threads than asked on its own (see Intel's
+    "Reproducibility Conditions"). So the count is set explicitly, recorded in every
+    checkpoint, and a resumed run takes the count the run started with."""
+    if threads and threads != torch.get_num_threads():
+        print(f"using {threads} CPU threads, as the run did until now (not {torch.get_num_threads()}), so that it "
+              f"continues bit for bit", file=sys.stderr)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    _mkl_set_dynamic(False)
+    return threads
+
+
+def _mkl_set_dynamic(enabled: bool) -> None:
+    """MKL's C entry point MKL_Set_Dynamic (by value; the lower-case `mkl_set_dynamic`
+    symbol is the Fortran one, by reference) in the MKL inside torch's CPU library."""
+    import ctypes
+
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        ctypes.CDLL(str(library)).MKL_Set_Dynamic(ctypes.c_int(int(enabled)))
+    except (OSError, AttributeError):  # another platform, or a build without MKL
+        pass
 
 
 def seed_everything(seed: int) -> None:
@@ -292,12 +323,24 @@ def trainer_state(optimizers, step: int, loader_state: dict, args: dict) -> dict
         rng["cuda"] = torch.cuda.get_rng_state_all()
     plain_args = {k: v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v) for k, v in args.items()}
     return {"step": step, "optimizers": [opt.state_dict() for opt in optimizers], "loader": loader_state,
-            "rng": rng, "args": plain_args, "threads": torch.get_num_threads()}
+            "rng": rng, "args": plain_args}
 
 
 def _manifest(directory: Path, step: int) -> dict[str, Any]:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_NAME)
-    return {"step": step, "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+    return {"step": step, "threads": torch.get_num_threads(),
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+
+
+def checkpoint_threads(directory: Path | None) -> int | None:
+    """The CPU thread count a checkpoint's run trained with (None if unknown)."""
+    path = Path(directory) / MANIFEST_NAME if directory else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text()).get("threads") or 0) or None
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+        return None  # verify_checkpoint names the damage
 
 
 def _sha256(path: Path) -> str:

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
         raise ValueError("--mixture uses image data: give --image-data (clevr, digits or a path)")
     checkpoint = resume_point(args, out, d)
     out.mkdir(parents=True, exist_ok=True)
+    common.pin_threads(common.checkpoint_threads(checkpoint))
     common.seed_everything(args.seed)
 
     # ---------------------------------------------------------------- tokenizer and model

@@ -1,0 +1,34 @@
+"""SIGKILL a pretraining run at 20 moments fixed by a seeded schedule (in start-up, in
+training steps, inside checkpoint writes with --save-every 1); after every kill --resume
+must start, and the final losses must equal an uninterrupted run's bit for bit."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quatrix.tokenizer import train_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+import kill_storm  # noqa: E402
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()
+
+
+@pytest.mark.slow
+def test_twenty_kills_then_identical_losses(tmp_path):
+    rng = np.random.default_rng(0)
+    text = "\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(3000)) + "\n"
+    (tmp_path / "corpus.txt").write_text(text)
+    train_tokenizer([text], 300, tmp_path / "tok")
+    args = kill_storm.parser().parse_args([
+        "--kills", "20", "--min-gap", "0.4", "--max-gap", "2.4", "--schedule-seed", "1", "--always-resume",
+        "--tokenizer", str(tmp_path / "tok"), "--data", str(tmp_path / "corpus.txt"), "--steps", "200",
+        "--batch-size", "4", "--seq-len", "32", "--out", str(tmp_path / "storm")])
+    expected = kill_storm.reference(args)
+    result = kill_storm.storm(args, 0, expected)
+    assert result["failed_starts"] == [], result
+    assert result["kills"] == 20, result  # the run outlived every kill
+    assert result["first_differing_step"] is None, result
+    assert result["steps_logged"] == 200
