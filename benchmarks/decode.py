@@ -22,12 +22,10 @@ import torch
 from quatrix.config import preset
 from quatrix.engine import Cache, cache_floats_per_token, generate
 from quatrix.model import QuatrixLM
+from quatrix.variants import variant_overrides
 
-VARIANTS = {
-    "qcompass": dict(mixer="qcompass"),
-    "savo": dict(mixer="qcompass", q_value_content=True),
-    "mha": dict(mixer="mha", q_heads=8),
-}
+BENCHED = ("qcompass", "savo", "mha")  # from quatrix.variants
+HEADS = 8  # heads of the multi-head variants
 
 
 @torch.no_grad()
@@ -70,7 +68,8 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} "
           f"prompt={args.prompt_len} new={args.new_tokens} greedy, batch {args.batch}; tok/s counts every row\n")
     rows = {}
-    for name, overrides in VARIANTS.items():
+    for name in BENCHED:
+        overrides = variant_overrides(name, HEADS)
         torch.manual_seed(0)
         model = QuatrixLM(preset(args.preset, **overrides)).eval()
         tokens, prefill, decode, nbytes = cached_greedy(model, prompts, args.new_tokens)

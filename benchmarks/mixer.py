@@ -26,39 +26,37 @@ import torch
 import quatrix.qcompass as qc
 from quatrix.blocks import QuatrixBlock
 from quatrix.config import QuatrixConfig
+from quatrix.params import mixer_forward_flops_per_token
+from quatrix.variants import variant, variant_overrides
 
-# name -> (config overrides, human label, forced path or None for "auto")
-VARIANTS = {
-    "qcompass": (dict(mixer="qcompass"), "Q-Compass (SAO, 1 head)", None),
-    "qcompass-matmul": (dict(mixer="qcompass"), "Q-Compass, plain bmm (as the original package)", "matmul"),
-    "savo": (dict(mixer="qcompass", q_value_content=True), "SAVO (1 head)", None),
-    "mh-qcompass": (dict(mixer="qcompass", q_heads=8), "Q-Compass, 8 heads", None),
-    "mha_rank": (dict(mixer="mha_rank", q_heads=8), "attention at rank r (8 heads)", None),
-    "mha": (dict(mixer="mha", q_heads=8), "attention, full rank (8 heads)", None),
-}
+HEADS = 8  # heads of the multi-head variants
+# benchmark-only entries: a registry variant forced onto one routing path
+FORCED = {"qcompass-matmul": ("qcompass", "matmul", "Q-Compass, plain bmm (as the original package)")}
+BENCHED = ("qcompass", "qcompass-matmul", "savo", "mh-qcompass", "mha_rank", "mha")
+
+
+def spec(name: str) -> tuple[dict, str, str | None]:
+    """(config overrides, label, forced path or None for "auto") of a benched name."""
+    if name in FORCED:
+        base, path, label = FORCED[name]
+        return variant_overrides(base, HEADS), label, path
+    v = variant(name)
+    label = f"{v.label} ({HEADS} heads)" if v.multi_head else f"{v.label} (1 head)"
+    return v.overrides(HEADS), label, None
 
 
 def train_flops(name: str, B: int, L: int, H: int, r: int) -> float:
-    """Analytic forward + backward (3x forward) matmul FLOPs of one mixer; the causal mask
-    halves the [L, L] terms. SAVO gathers in rank r and applies the folded W_o W_c (r x H)."""
-    cfg = VARIANTS[name][0]
-    pairs = B * L * L / 2  # causal (query, key) pairs
-    if cfg["mixer"] == "mha":
-        fwd = 2 * B * L * H * 4 * H + 2 * pairs * (H + H)
-    elif cfg["mixer"] == "mha_rank":
-        fwd = 2 * B * L * H * 4 * r + 2 * pairs * (r + r)
-    elif cfg.get("q_value_content"):
-        heads = cfg.get("q_heads", 1)
-        fwd = 2 * B * L * H * 2 * r + 2 * B * L * heads * r * H + 2 * pairs * (r + heads * r)
-    else:
-        fwd = 2 * B * L * H * (2 * r + H) + 2 * pairs * (r + H)
-    return 3 * fwd
+    """Analytic forward + backward (3x forward) matmul FLOPs of one mixer over B sequences of
+    L tokens (quatrix.params.mixer_forward_flops_per_token: the causal mask halves the
+    [L, L] terms; SAVO gathers in rank r and applies the folded W_o W_c)."""
+    config = QuatrixConfig(hidden_size=H, q_rank=r, **spec(name)[0])
+    return 3 * B * L * mixer_forward_flops_per_token(config, L)
 
 
 def build(name: str, args, part: str, impl: str | None) -> torch.nn.Module:
-    cfg = QuatrixConfig(hidden_size=args.hidden, q_rank=args.rank, **VARIANTS[name][0])
-    block = QuatrixBlock(cfg)
-    block.mixer.impl = impl or VARIANTS[name][2] or "auto"
+    overrides, _, forced = spec(name)
+    block = QuatrixBlock(QuatrixConfig(hidden_size=args.hidden, q_rank=args.rank, **overrides))
+    block.mixer.impl = impl or forced or "auto"
     module = block.mixer if part == "mixer" else block
     return module.to(args.device)
 
@@ -147,7 +145,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; must include mha")
+    p.add_argument("--variants", default=",".join(BENCHED), help="comma-separated; must include mha")
     p.add_argument("--long-context", type=int, default=0, help="also measure memory at this length (B=1)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -155,11 +153,11 @@ def main() -> None:
     if args.probe:
         return probe(args)
     args.variants = args.variants.split(",")
-    unknown = set(args.variants) - set(VARIANTS)
+    unknown = set(args.variants) - set(BENCHED)
     if "mha" not in args.variants:
         p.error("--variants must include mha, the baseline of every ratio")
     if unknown:
-        p.error(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
+        p.error(f"unknown variant(s) {sorted(unknown)}; choose from {list(BENCHED)}")
 
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"H={args.hidden} r={args.rank} L={args.length} B={args.batch} causal, fwd+bwd, "
@@ -171,8 +169,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.variants:
         mem = peak_memory(args, name, args.length, args.batch, None)
-        path = VARIANTS[name][2] or auto_path(name, args, args.length, args.batch)
-        print(f"| {VARIANTS[name][1]} | {path} | {mixer[name] * 1e3:.1f} | {mixer['mha'] / mixer[name]:.2f}x | "
+        path = spec(name)[2] or auto_path(name, args, args.length, args.batch)
+        print(f"| {spec(name)[1]} | {path} | {mixer[name] * 1e3:.1f} | {mixer['mha'] / mixer[name]:.2f}x | "
               f"{flops['mha'] / flops[name]:.2f}x | {block[name] * 1e3:.1f} | {block['mha'] / block[name]:.2f}x | "
               f"{mem:.0f} |")
     print(f"\nOne fp32 [B, L, L] score matrix at this size: {scores_mib:.0f} MiB.")
@@ -183,9 +181,9 @@ def main() -> None:
               f"(one [1, L, L] fp32 matrix = {L * L * 4 / 2**20:.0f} MiB):\n")
         print("| mixer | auto path | auto | sdpa | matmul | chunked |")
         print("|---|---|---:|---:|---:|---:|")
-        for name in [n for n in args.variants if VARIANTS[n][2] is None]:
+        for name in [n for n in args.variants if spec(n)[2] is None]:
             cells = [peak_memory(args, name, L, 1, impl) for impl in (None, "sdpa", "matmul", "chunked")]
-            print(f"| {VARIANTS[name][1]} | {auto_path(name, args, L, 1)} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+            print(f"| {spec(name)[1]} | {auto_path(name, args, L, 1)} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,11 @@ import torch
 
 from quatrix.config import preset
 from quatrix.model import QuatrixLM
+from quatrix.variants import variant_overrides
 from quatrix.params import training_flops_per_token
 
-VARIANTS = {
-    "qcompass": dict(mixer="qcompass"),
-    "savo": dict(mixer="qcompass", q_value_content=True),
-    "mha": dict(mixer="mha", q_heads=8),
-}
+BENCHED = ("qcompass", "savo", "mha")  # from quatrix.variants
+HEADS = 8  # heads of the multi-head variants
 
 
 def matmul_peak(device: str, size: int = 2048, reps: int = 10) -> float:
@@ -60,7 +58,8 @@ def main() -> None:
     peak = matmul_peak(args.device)
     torch.manual_seed(0)
     setups = {}
-    for name, overrides in VARIANTS.items():
+    for name in BENCHED:
+        overrides = variant_overrides(name, HEADS)
         model = QuatrixLM(preset(args.preset, **overrides)).to(args.device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         setups[name] = (model, opt)

@@ -2,16 +2,10 @@ import pytest
 import torch
 
 from quatrix import QuatrixConfig
+from quatrix.variants import VARIANTS
 
-# Every mixer variant the LM can be built with: (id, config overrides).
-MIXER_VARIANTS = [
-    ("qcompass", dict(mixer="qcompass")),
-    ("savo", dict(mixer="qcompass", q_value_content=True)),
-    ("mh-qcompass", dict(mixer="qcompass", q_heads=4)),
-    ("mh-savo", dict(mixer="qcompass", q_heads=4, q_value_content=True)),
-    ("mha", dict(mixer="mha", q_heads=4)),
-    ("mha_rank", dict(mixer="mha_rank", q_heads=4)),
-]
+# Every model variant of the registry: (name, config overrides), multi-head ones with 4 heads.
+MIXER_VARIANTS = [(name, variant.overrides(4)) for name, variant in VARIANTS.items()]
 
 
 def tiny_config(**overrides) -> QuatrixConfig:

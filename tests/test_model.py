@@ -50,7 +50,7 @@ def test_initial_loss_is_log_vocab():
     assert abs(loss - math.log(5000)) < 0.1, loss
 
 
-@pytest.mark.parametrize("name, overrides", [MIXER_VARIANTS[0], MIXER_VARIANTS[1], MIXER_VARIANTS[4]])
+@pytest.mark.parametrize("name, overrides", [v for v in MIXER_VARIANTS if v[0] in ("qcompass", "savo", "mha")])
 def test_tiny_model_overfits_one_batch(name, overrides):
     model = QuatrixLM(tiny_config(**overrides))
     ids = torch.randint(0, 97, (2, 24))

@@ -7,9 +7,10 @@ from torch.testing import assert_close
 import quatrix.qcompass as qc
 from quatrix import QCompass, QCompassBi
 from quatrix.qcompass import route, routing_mask
+from quatrix.variants import VARIANTS as REGISTRY
 
-VARIANTS = [  # (heads, SAVO)
-    (1, False), (1, True), (4, False), (4, True),
+VARIANTS = [  # (heads, SAVO) of every Q-Compass form in the registry
+    (4 if v.multi_head else 1, v.savo) for v in REGISTRY.values() if v.mixer == "qcompass"
 ]
 IMPLS = ["sdpa", "matmul", "chunked"]
 

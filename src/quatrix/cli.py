@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from quatrix.config import PRESETS
+from quatrix.config import MIXERS, PRESETS
+from quatrix.validation import float_in, int_at_least, nonnegative_float, nonnegative_int, positive_int
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -133,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = info.add_mutually_exclusive_group()
     source.add_argument("--preset", default="berry-q0", choices=sorted(PRESETS))
     source.add_argument("--ckpt", help="checkpoint directory (config.json + model.safetensors)")
-    info.add_argument("--mixer", choices=["qcompass", "mha", "mha_rank"], help="override the preset's mixer")
-    info.add_argument("--q-heads", type=int, help="override the number of heads")
+    info.add_argument("--mixer", choices=MIXERS, help="override the preset's mixer")
+    info.add_argument("--q-heads", type=positive_int, help="override the number of heads")
     info.add_argument("--savo", action="store_true", help="Q-Compass with Q-value content (SAVO)")
-    info.add_argument("--seq-len", type=int, default=10, help="tokens in the test forward pass")
+    info.add_argument("--seq-len", type=positive_int, default=10, help="tokens in the test forward pass")
     info.add_argument("--json", action="store_true", help="print config and counts as JSON")
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt (token ids for now)")
@@ -148,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt-file", help="a file holding the prompt")
     gen.add_argument("--ids", action="store_true", help="the prompt is token ids even if a tokenizer exists")
     gen.add_argument("--image", help="an image file for models with vision")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    gen.add_argument("--stop-id", type=int, action="append", default=[], help="stop token id (repeatable)")
-    gen.add_argument("--num-samples", type=int, default=1)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-new-tokens", type=positive_int, default=64)
+    gen.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=nonnegative_int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="1.0 = off")
+    gen.add_argument("--stop-id", type=nonnegative_int, action="append", default=[], help="stop token id (repeatable)")
+    gen.add_argument("--num-samples", type=positive_int, default=1)
+    gen.add_argument("--seed", type=nonnegative_int, default=0)
     gen.add_argument("--truncate", action="store_true", help="keep the prompt's last tokens if it is too long")
 
 
@@ -167,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
     ev.add_argument("--data", action="append", required=True, help="named corpus or path (repeatable)")
     ev.add_argument("--split", choices=["val", "train", "all"], default="val")
-    ev.add_argument("--seq-len", type=int, default=128)
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--max-batches", type=int, default=None)
+    ev.add_argument("--seq-len", type=int_at_least(2), default=128)
+    ev.add_argument("--batch-size", type=positive_int, default=16)
+    ev.add_argument("--max-batches", type=positive_int, default=None)
     ev.add_argument("--cache-dir", default=".token_cache")
     ev.add_argument("--json", action="store_true")
 
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     train = tok_sub.add_parser("train", help="train on a corpus and save to a directory")
     train.add_argument("--data", action="append", required=True, help="named corpus or path (repeatable)")
-    train.add_argument("--vocab-size", type=int, default=4096)
+    train.add_argument("--vocab-size", type=positive_int, default=4096)
     train.add_argument("--out", required=True)
     return parser
 

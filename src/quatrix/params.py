@@ -68,14 +68,11 @@ def parameter_table(counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def training_flops_per_token(config, seq_len: int) -> float:
-    """Analytic matmul FLOPs to train the language model on one token of a causal sequence of
-    `seq_len` (forward + backward = 3x forward): 6 per weight of every projection, FFN and the
-    output head, plus the mixer's [L, L] terms (routing and gather), which the causal mask
-    halves on average. Embedding lookups, norms and softmax are not counted (as is usual
-    for MFU)."""
-    H, r, V, N = config.hidden_size, config.q_rank, config.vocab_size, config.num_layers
-    keys = seq_len / 2  # causal: the average query routes over half the sequence
+def mixer_forward_flops_per_token(config, seq_len: int) -> float:
+    """Analytic forward matmul FLOPs of one mixer layer per token of a causal sequence of
+    `seq_len`: 2 per weight of its projections, plus the [L, L] routing and gather terms,
+    which the causal mask halves on average (a query routes over seq_len / 2 keys)."""
+    H, r = config.hidden_size, config.q_rank
     if config.mixer == "mha":
         proj, pair = 4 * H * H, 2 * H
     elif config.mixer == "mha_rank":
@@ -84,6 +81,15 @@ def training_flops_per_token(config, seq_len: int) -> float:
         proj, pair = 2 * H * r + config.q_heads * r * H, r + config.q_heads * r
     else:
         proj, pair = 2 * H * r + H * H, r + H
+    return 2 * proj + 2 * pair * seq_len / 2
+
+
+def training_flops_per_token(config, seq_len: int) -> float:
+    """Analytic matmul FLOPs to train the language model on one token of a causal sequence of
+    `seq_len` (forward + backward = 3x forward): every mixer (`mixer_forward_flops_per_token`),
+    6 per weight of every FFN and of the output head. Embedding lookups, norms and softmax
+    are not counted (as is usual for MFU)."""
+    H, V, N = config.hidden_size, config.vocab_size, config.num_layers
     ffn = 2 * H * config.ffn_ratio * H
-    forward = 2 * N * (proj + ffn) + 2 * N * pair * keys + 2 * H * V
+    forward = N * (mixer_forward_flops_per_token(config, seq_len) + 2 * ffn) + 2 * H * V
     return 3.0 * forward

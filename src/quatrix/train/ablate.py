@@ -17,7 +17,7 @@ import argparse
 import bisect
 import json
 import subprocess
-import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +26,12 @@ import torch
 from quatrix.io import atomic_path, atomic_write_text
 from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.params import count_parameters, training_flops_per_token
-from quatrix.train.common import read_metrics
+from quatrix.train.common import CHECKPOINT_DIR, METRICS_NAME, SUMMARY_NAME, command_line, read_metrics
+from quatrix.validation import int_at_least, nonnegative_int, positive_float, positive_int
+from quatrix.variants import DEFAULT_HEADS, VARIANTS, variant_overrides
 
 PERIODIC_EVAL_BATCHES = 20  # held-out batches of the evaluations during training (the curves, the gap)
 
-# name -> config overrides (q_heads comes from --heads for the multi-head variants)
-VARIANTS = {
-    "qcompass": {"mixer": "qcompass"},
-    "savo": {"mixer": "qcompass", "q_value_content": True},
-    "mh-qcompass": {"mixer": "qcompass", "multi_head": True},
-    "mh-savo": {"mixer": "qcompass", "q_value_content": True, "multi_head": True},
-    "mha_rank": {"mixer": "mha_rank", "multi_head": True},
-    "mha": {"mixer": "mha", "multi_head": True},
-}
 MATCH_TOLERANCE = 0.02
 
 
@@ -47,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--reference", default="mha", help="variant the paired differences are taken against")
-    p.add_argument("--heads", type=int, default=4, help="heads of the multi-head variants")
+    p.add_argument("--heads", type=positive_int, default=DEFAULT_HEADS, help="heads of the multi-head variants")
     p.add_argument("--match", choices=["none", "params", "flops"], default="none",
                    help="resize each variant (width, else depth) until its total parameters (or training FLOPs) "
                         "match the reference within 2%%")
@@ -55,25 +48,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", help="training corpus (named or path; default shakespeare)")
     p.add_argument("--eval-data", default="", help="extra corpora to evaluate on, comma-separated (out of distribution)")
     p.add_argument("--tokenizer", default="gpt2")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=300)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--seq-len", type=int_at_least(2), default=128)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--warmup", type=nonnegative_int, default=None,
                    help="linear warmup steps before the cosine decay (default: 10%% of --steps; a short warmup at "
                         "this peak learning rate makes attention runs spike and the seeds diverge)")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--eval-batches", type=int, default=200, help="batches of the final held-out evaluation")
+    p.add_argument("--eval-every", type=nonnegative_int, default=50)
+    p.add_argument("--eval-batches", type=positive_int, default=200, help="batches of the final held-out evaluation")
     p.add_argument("--out", default="runs/ablate")
 
 
 # ---------------------------------------------------------------------- variants
 def variant_config(name: str, args, vocab_size: int, **sizes) -> QuatrixConfig:
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-    fields = dict(VARIANTS[name])
-    fields["q_heads"] = args.heads if fields.pop("multi_head", False) else 1
-    return preset(args.preset, vocab_size=vocab_size, **fields, **sizes)
+    return preset(args.preset, vocab_size=vocab_size, **variant_overrides(name, args.heads), **sizes)
 
 
 def parameter_counts(config: QuatrixConfig) -> dict[str, int]:
@@ -211,24 +200,54 @@ def warmup_steps(args) -> int:
     return args.warmup if args.warmup is not None else max(1, args.steps // 10)
 
 
+@dataclass(frozen=True)
+class PretrainRun:
+    """One (variant, seed) of an ablation, as the `quatrix pretrain` options it runs with."""
+
+    preset: str
+    tokenizer: str
+    mixer: str
+    q_heads: int
+    hidden_size: int
+    num_layers: int
+    savo: bool
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup: int
+    eval_every: int
+    eval_batches: int
+    save_every: int
+    seed: int
+    device: str
+    out: str
+    cache_dir: str
+    data: tuple[str, ...] = ()
+    sample_tokens: int = 0
+
+    def command(self, resume: bool) -> list[str]:
+        return command_line("pretrain", {**asdict(self), "resume": resume})
+
+
+def pretrain_run(args, config: QuatrixConfig, seed: int, directory: Path) -> PretrainRun:
+    """The identical recipe for every variant: only the model fields differ."""
+    return PretrainRun(
+        preset=args.preset, tokenizer=args.tokenizer, mixer=config.mixer, q_heads=config.q_heads,
+        hidden_size=config.hidden_size, num_layers=config.num_layers, savo=config.q_value_content,
+        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, warmup=warmup_steps(args),
+        eval_every=args.eval_every, eval_batches=PERIODIC_EVAL_BATCHES, save_every=args.eval_every, seed=seed,
+        device="cuda" if torch.cuda.is_available() else "cpu", out=str(directory), cache_dir=str(token_cache(args)),
+        data=tuple(args.data or ()))
+
+
 def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) -> None:
     """One pretraining run in its own process; skipped when finished, resumed when killed."""
-    if (directory / "summary.json").is_file():
+    if (directory / SUMMARY_NAME).is_file():
         return
-    cmd = [sys.executable, "-m", "quatrix.cli", "pretrain", "--preset", args.preset, "--tokenizer", args.tokenizer,
-           "--mixer", config.mixer, "--q-heads", str(config.q_heads), "--hidden-size", str(config.hidden_size),
-           "--num-layers", str(config.num_layers), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--seq-len", str(args.seq_len), "--lr", str(args.lr), "--warmup", str(warmup_steps(args)),
-           "--eval-every", str(args.eval_every), "--eval-batches", str(PERIODIC_EVAL_BATCHES),
-           "--save-every", str(args.eval_every), "--seed", str(seed), "--sample-tokens", "0",
-           "--device", "cuda" if torch.cuda.is_available() else "cpu", "--out", str(directory),
-           "--cache-dir", str(token_cache(args))]
-    cmd += [a for d in (args.data or []) for a in ("--data", d)]
-    if config.q_value_content:
-        cmd.append("--savo")
-    if (directory / "checkpoint").is_dir():
-        cmd.append("--resume")
-    print(f"ablate: training {name} seed {seed}" + (" (resuming)" if "--resume" in cmd else ""), flush=True)
+    resume = directory.is_dir()
+    print(f"ablate: training {name} seed {seed}" + (" (resuming)" if resume else ""), flush=True)
+    cmd = pretrain_run(args, config, seed, directory).command(resume)
     result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"ablate: {name} seed {seed} failed:\n{result.stderr[-3000:]}")
@@ -242,7 +261,7 @@ def evaluate(args, directory: Path, data: list[str]) -> dict:
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     key = json.dumps([data, args.seq_len, args.eval_batches])
     if key not in cache:
-        cache[key] = evaluate_checkpoint(directory / "checkpoint", data, "val", args.seq_len, args.batch_size,
+        cache[key] = evaluate_checkpoint(directory / CHECKPOINT_DIR, data, "val", args.seq_len, args.batch_size,
                                          args.eval_batches, token_cache(args))
         atomic_write_text(cache_path, json.dumps(cache, indent=2) + "\n")
     return cache[key]
@@ -277,13 +296,13 @@ def main(args: argparse.Namespace) -> int:
     for seed in seeds:  # seed-major: an interrupted ablation has complete seeds for every variant
         for name, (config, _) in configs.items():
             train(args, name, config, seed, run_dir(out, name, seed))
-    curves = {name: [read_metrics(run_dir(out, name, s) / "metrics.jsonl") for s in seeds] for name in configs}
+    curves = {name: [read_metrics(run_dir(out, name, s) / METRICS_NAME) for s in seeds] for name in configs}
     for name, (config, matched) in configs.items():
         counts = parameter_counts(config)
         runs = {}
         for seed, records in zip(seeds, curves[name], strict=True):
             directory = run_dir(out, name, seed)
-            summary = json.loads((directory / "summary.json").read_text())
+            summary = json.loads((directory / SUMMARY_NAME).read_text())
             val = evaluate(args, directory, data)
             runs[seed] = {"val_loss": val["loss"], "val_perplexity": val["perplexity"], "summary": summary,
                           "late_drop": late_drop(records),

@@ -24,6 +24,10 @@ from quatrix.io import WriteError, atomic_path, atomic_write_json, atomic_write_
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.pt"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"  # written when a run finishes
+RUN_CONFIG_NAME = "run_config.json"
+LOSS_PLOT_NAME = "loss.png"
 MANIFEST_NAME = "manifest.json"  # written last: seals a complete checkpoint
 
 
@@ -212,6 +216,24 @@ def optimizer_step(model: torch.nn.Module, optimizers, loss: Tensor, d: Dist) ->
     return loss_value, norm_value
 
 
+def command_line(command: str, options: dict[str, Any]) -> list[str]:
+    """`quatrix COMMAND` as an argv for a subprocess, from typed options: a field name
+    becomes its flag (`q_heads` -> `--q-heads`), True a bare switch, a list a repeated
+    flag; None and False are left out."""
+    argv = [sys.executable, "-m", "quatrix.cli", command]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [a for v in value for a in (flag, str(v))]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def due(step: int, every: int, total: int) -> bool:
     """Periodic work (evaluation, checkpoints) at every `every` steps and at the end; 0 = only at the end."""
     return step == total or (every > 0 and step % every == 0)
@@ -221,7 +243,7 @@ def write_run_config(out: Path, args, config, tokenizer, d: Dist) -> None:
     resolved = {"args": vars(args), "model": config.to_dict(), "world_size": d.world_size,
                 "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
                 "torch": torch.__version__, "threads": torch.get_num_threads()}
-    atomic_write_json(out / "run_config.json", resolved)
+    atomic_write_json(out / RUN_CONFIG_NAME, resolved)
 
 
 def restore(checkpoint: Path, model: torch.nn.Module, optimizers, loader, config) -> int:
@@ -411,7 +433,7 @@ class Metrics:
     the `tensorboard` package is installed)."""
 
     def __init__(self, out: Path, resume_step: int | None = None):
-        self.path = out / "metrics.jsonl"
+        self.path = out / METRICS_NAME
         if resume_step is not None and self.path.is_file():  # drop what the killed run logged after its checkpoint
             kept = [r for r in _records(self.path) if r["step"] <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -475,7 +497,7 @@ def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
         "peak_memory_mib": peak,
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / SUMMARY_NAME, summary)
     return summary
 
 

@@ -221,7 +221,7 @@ def train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, 
 
 def report(args, out: Path, model, tokenizer, val_tokens, metrics_path: Path, device: str) -> None:
     """Loss plot, summary.json, a one-line result and a sample from the model."""
-    common.plot_losses(metrics_path, out / "loss.png")
+    common.plot_losses(metrics_path, out / common.LOSS_PLOT_NAME)
     common.write_summary(out, metrics_path, device)
     last = common.read_metrics(metrics_path)[-1]
     print(f"pretrain: {args.steps} steps, train loss {last['loss']:.3f}, val loss {last.get('val_loss', float('nan')):.3f} "
