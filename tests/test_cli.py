@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import tiny_config
 from quatrix import QuatrixLM
 from quatrix.cli import main
@@ -64,8 +66,37 @@ def test_generate_errors(tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["generate", "--ckpt", str(tmp_path / "c"), "--prompt", "1", "--image", str(tmp_path / "bad.png")]) == 2
     assert "could not read image" in capsys.readouterr().err
-    assert main(["generate", "--preset", "tiny", "--prompt", "1", "--top-p", "2"]) == 2
-    assert "top_p must be in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--preset", "tiny", "--prompt", "1", "--top-p", "2"])
+    assert "argument --top-p: must be a finite number in (0, 1]" in capsys.readouterr().err
+
+
+BAD_FLAGS = [  # (command, flag, value): zero, negative, NaN and out-of-range values of every numeric flag
+    (["info"], "--seq-len", "0"), (["info"], "--q-heads", "-2"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--max-new-tokens", "0"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--temperature", "-1"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--temperature", "nan"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--top-k", "-1"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--top-p", "0"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--num-samples", "0"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--stop-id", "-5"),
+    (["generate", "--preset", "tiny", "--prompt", "1"], "--seed", "-1"),
+    (["eval", "--ckpt", "x", "--data", "y"], "--seq-len", "1"), (["eval", "--ckpt", "x", "--data", "y"], "--batch-size", "0"),
+    (["eval", "--ckpt", "x", "--data", "y"], "--max-batches", "0"),
+    (["tokenizer", "train", "--data", "x", "--out", "y"], "--vocab-size", "-1"),
+    (["pretrain"], "--eval-every", "-1"), (["pretrain"], "--save-every", "-2"), (["pretrain"], "--lr", "inf"),
+    (["pretrain"], "--weight-decay", "-0.1"), (["pretrain"], "--sample-tokens", "-1"),
+    (["ablate"], "--heads", "0"), (["ablate"], "--steps", "0"), (["ablate"], "--warmup", "-1"),
+    (["ablate"], "--lr", "-1"), (["ablate"], "--eval-batches", "0"),
+]
+
+
+@pytest.mark.parametrize("command, flag, value", BAD_FLAGS)
+def test_numeric_flags_of_every_command_refuse_bad_values(capsys, command, flag, value):
+    with pytest.raises(SystemExit) as exit:
+        main([*command, flag, value])
+    assert exit.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
 
 
 def test_generate_with_a_tokenizer_takes_and_prints_text(tmp_path, capsys):
