@@ -80,6 +80,43 @@ def test_token_files_are_built_once(tmp_path, tokenizer):
     assert meta["tokens"]["train"] == len(tokens)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta", "odd_bytes"])
+def test_a_damaged_token_cache_is_rebuilt(tmp_path, tokenizer, capsys, damage):
+    (tmp_path / "c.txt").write_text(corpus_text())
+    paths = prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache")
+    good = paths["train"].read_bytes()
+    if damage == "truncate":
+        paths["train"].write_bytes(good[: len(good) // 2])
+    elif damage == "flip":
+        data = bytearray(good)
+        data[10] ^= 0x01
+        paths["train"].write_bytes(bytes(data))
+    elif damage == "delete":
+        paths["val"].unlink()
+    elif damage == "meta":
+        (paths["train"].parent / "meta.json").write_text("{not json")
+    else:
+        paths["train"].write_bytes(good + b"\x01")
+    assert prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache") == paths
+    assert "rebuilding it" in capsys.readouterr().err
+    assert paths["train"].read_bytes() == good
+
+
+def test_load_tokens_checks_the_file_once(tmp_path):
+    path = tmp_path / "t.bin"
+    np.array([1, 2, 300], dtype=np.uint16).tofile(path)
+    with pytest.raises(ValueError, match="token id 300, outside the vocabulary"):
+        load_tokens(path, 300)
+    path.write_bytes(b"\x01\x00\x02")
+    with pytest.raises(ValueError, match="truncated"):
+        load_tokens(path, 300)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="no tokens"):
+        load_tokens(path, 300)
+    with pytest.raises(FileNotFoundError, match="token file not found"):
+        load_tokens(tmp_path / "none.bin", 300)
+
+
 def test_loader_is_seeded_sharded_and_resumable():
     tokens = np.arange(1000, dtype=np.uint16)
     single = TokenLoader(tokens, 10, 4, seed=1)

