@@ -69,7 +69,7 @@ def test_chunked_backward_gradcheck(small_chunks):
 
 
 def test_matches_the_formula_written_out():
-    """DESIGN.md §1 by hand, single head: W_o(softmax(mask(x W_s (x W_a)^T / sqrt r)) x)."""
+    """docs/design.md §1 by hand, single head: W_o(softmax(mask(x W_s (x W_a)^T / sqrt r)) x)."""
     H, r, L = 16, 8, 9
     m = QCompass(H, r)
     x = torch.randn(1, L, H)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
+from quatrix.cache import MixerCache
 from quatrix.qcompass import IMPLS, route
 
 
@@ -50,7 +51,8 @@ class MultiHeadAttention(nn.Module):
         """(key heads, key width, value heads, value width) of one cached token: K and V."""
         return self.num_heads, self.inner // self.num_heads, self.num_heads, self.inner // self.num_heads
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None, cache=None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None,
+                cache: MixerCache | None = None) -> Tensor:
         B, L, _ = x.shape
         q, k, v = self.heads(self.q_proj, x), self.heads(self.k_proj, x), self.heads(self.v_proj, x)
         if cache is not None:

@@ -8,6 +8,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from quatrix.attention import MultiHeadAttention
+from quatrix.cache import MixerCache
 from quatrix.config import QuatrixConfig
 from quatrix.qcompass import QCompass
 
@@ -38,7 +39,7 @@ class QuatrixBlock(nn.Module):
             nn.Linear(cfg.ffn_ratio * H, H), nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: MixerCache | None = None) -> Tensor:
         x = x + self.mixer(self.norm1(x), mask, cache=cache)
         return x + self.ffn(self.norm2(x))
 

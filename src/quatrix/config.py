@@ -38,7 +38,7 @@ class QuatrixConfig:
     use_gradient_checkpointing: bool = False  # recompute blocks in backward to save memory
     mixer: str = "qcompass"  # sequence mixer: "qcompass" | "mha" (full rank) | "mha_rank" (rank r)
 
-    # --- QuatrixVision (DESIGN.md §2) ---
+    # --- QuatrixVision (docs/design.md §2) ---
     image_size: int = 224  # square input images, pixels
     patch_size: int = 16  # Conv2d patch size (224/16 -> 196 patches)
     image_channels: int = 3  # RGB

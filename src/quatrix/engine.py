@@ -4,7 +4,7 @@ The engine works on token ids only; tokenization lives elsewhere. Prefill and de
 through the model's own forward (`model(..., cache=cache)`): one pass over the prompt (and
 image / audio prefix) fills the cache, then one token per step.
 
-Cache layouts, floats per token per layer (DESIGN.md §1):
+Cache layouts, floats per token per layer (docs/design.md §1):
   Q-Compass (raw x)  action (r) + the block's normed input x (H)   H + r
   SAVO               action (r) + qval (r); gathered in rank r      2r
   mha / mha_rank     K + V                                         2H / 2r
@@ -23,7 +23,8 @@ from quatrix.config import QuatrixConfig
 
 
 class LayerCache:
-    """Preallocated routing keys and contents of one layer: [B, heads, T_max, width] each.
+    """Preallocated routing keys and contents of one layer: [B, heads, T_max, width] each
+    (a quatrix.cache.MixerCache).
 
     `append` writes new tokens in place (no torch.cat per token) and returns views of
     everything cached so far."""
@@ -53,7 +54,7 @@ class LayerCache:
 
 
 class Cache:
-    """The whole model's cache: one LayerCache per block, plus which cached slots hold real
+    """The whole model's cache (a quatrix.cache.ModelCache): one LayerCache per block, plus which cached slots hold real
     tokens (left padding does not) and how many text tokens each row has seen (its next
     position id).
 

@@ -1,5 +1,5 @@
 """The Quatrix language model: token + position embeddings, pre-norm Q-Compass blocks,
-final LayerNorm and a head tied to the token embedding (DESIGN.md §2). Image and audio
+final LayerNorm and a head tied to the token embedding (docs/design.md §2). Image and audio
 tokens from the encoders are prepended to the text; the loss covers text only."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from quatrix.audio import QuatrixAudio
 from quatrix.blocks import QuatrixBlock, init_weights
+from quatrix.cache import ModelCache
 from quatrix.config import QuatrixConfig
 from quatrix.qcompass import routing_mask
 from quatrix.validation import check_labels, check_same_shape, check_token_ids
@@ -55,7 +56,7 @@ class QuatrixLM(nn.Module):
         mel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         loss_reduction: str = "mean",
-        cache=None,
+        cache: ModelCache | None = None,
         check_values: bool = True,
     ) -> dict[str, Tensor | None]:
         """Next-token language model over [image tokens][audio tokens][text tokens].
@@ -66,7 +67,7 @@ class QuatrixLM(nn.Module):
         mel_values: [B, n_mels, F] log-mel (or [B, 1, n_mels, F]) or [B, T] waveforms.
         Returns {"logits": [B, L, V] (text positions only), "loss": scalar, or [B, L-1] per
         token with loss_reduction="none" (0 where ignored), or None without labels}.
-        cache: a quatrix.engine.Cache; the new tokens are appended to it and routed over
+        cache: a quatrix.cache.ModelCache (quatrix.engine.Cache); the new tokens are appended to it and routed over
         everything cached before (prefill, then one token per step).
         check_values: check that token ids and labels lie in the vocabulary. Each check
         costs a device-to-host sync, so loops whose inputs were checked at the boundary (the
@@ -104,7 +105,8 @@ class QuatrixLM(nn.Module):
                 raise ValueError(f"image/audio batch size {part.shape[0]} does not match input_ids batch size {batch}")
         return torch.cat(parts, dim=1) if parts else None
 
-    def embed(self, input_ids: Tensor, attention_mask: Tensor | None, prefix: Tensor | None, cache=None):
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None, prefix: Tensor | None,
+              cache: ModelCache | None = None):
         """Token + position embeddings after the prefix, and the routing mask (None if unpadded).
 
         Positions count real tokens only, so a left-padded row embeds like the row alone."""
@@ -128,7 +130,7 @@ class QuatrixLM(nn.Module):
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # [B, P + L, H]
         return self.drop(x), mask
 
-    def run_blocks(self, x: Tensor, mask: Tensor | None, cache=None) -> Tensor:
+    def run_blocks(self, x: Tensor, mask: Tensor | None, cache: ModelCache | None = None) -> Tensor:
         if cache is not None:
             for block, layer_cache in zip(self.blocks, cache.layers):
                 x = block(x, mask, layer_cache)

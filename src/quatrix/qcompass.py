@@ -1,4 +1,4 @@
-"""Q-Compass: attention without a value projection (DESIGN.md §1).
+"""Q-Compass: attention without a value projection (docs/design.md §1).
 
 For a normed input x of shape [B, L, H]:
 
@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from quatrix.cache import MixerCache
 
 IMPLS = ("auto", "sdpa", "matmul", "chunked")
 
@@ -232,7 +234,8 @@ class QCompass(nn.Module):
             return h, self.q_rank // h, 1, self.q_rank
         return h, self.q_rank // h, h, self.hidden_size // h
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None, cache=None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, impl: str | None = None,
+                cache: MixerCache | None = None) -> Tensor:
         """x: [B, L, H] (already normed) -> [B, L, H]. `mask`: see `route`.
 
         With a `cache` (quatrix.engine.LayerCache) the L new tokens' actions and contents are
@@ -278,7 +281,7 @@ class QCompass(nn.Module):
         return F.linear(gathered.transpose(1, 2).reshape(B, L, h * r), folded, self.out_proj.bias)
 
     def forward_reference(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """The literal formula of DESIGN.md §1, with no restructuring (the test oracle).
+        """The literal formula of docs/design.md §1, with no restructuring (the test oracle).
 
         Separate projections, explicit scores and softmax, content built at width H (for SAVO
         qval @ W_c, then gathered per head slice), then W_o. Dropout is not applied.

@@ -1,4 +1,4 @@
-"""QuatrixWorld: a latent world model built from Q-Compass-Bi blocks (DESIGN.md §2).
+"""QuatrixWorld: a latent world model built from Q-Compass-Bi blocks (docs/design.md §2).
 
   StateEncoder     frame [B, C, S, S] -> S learned query tokens + patch tokens -> Q-Compass-Bi
                    -> the query tokens' outputs: state [B, S_tok, D]

