@@ -189,6 +189,8 @@ def load_tokenizer(name_or_dir: str | Path) -> Tokenizer:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path} is corrupt: {e}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} is corrupt: expected a JSON object with a 'kind'")
     if meta.get("kind") == "gpt2":
         return GPT2Tokenizer()
     if meta.get("kind") == "bpe":

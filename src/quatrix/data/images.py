@@ -129,9 +129,9 @@ def read_pairs(path: Path) -> list[tuple[Path, str]]:
             caption = image.with_suffix(".txt")
             if not caption.is_file():
                 raise ValueError(f"{image} has no caption file {caption.name}")
-            pairs.append((image, caption.read_text().strip()))
+            pairs.append((image, _utf8(caption).strip()))
     else:
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(_utf8(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -139,12 +139,21 @@ def read_pairs(path: Path) -> list[tuple[Path, str]]:
                 image, text = path.parent / record["image"], record["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ValueError(f"{path}:{number}: expected {{\"image\": path, \"text\": caption}}") from None
+            if not isinstance(text, str) or not isinstance(record["image"], str):
+                raise ValueError(f"{path}:{number}: \"image\" and \"text\" must be strings")
             if not image.is_file():
                 raise FileNotFoundError(f"{path}:{number}: image not found: {image}")
             pairs.append((image, text))
     if not pairs:
         raise ValueError(f"{path} holds no image-text pairs")
     return pairs
+
+
+def _utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None
 
 
 class ImageTextLoader:
