@@ -29,9 +29,11 @@ class ModelCache(Protocol):
 
     layers: Sequence[MixerCache]  # one per block, in order
 
-    def extend(self, text_mask: Tensor, prefix_len: int) -> tuple[Tensor, Tensor | None]:
-        """Register prefix_len image/audio tokens and L new text tokens ([B, L] text_mask,
-        1 = real). Returns the text position ids [B, L] and the boolean routing mask of the
-        new queries over every cached key ([B, 1, prefix_len + L, T]), or None when no
-        cached key is padding."""
+    def extend(self, text_mask: Tensor | int, prefix_len: int) -> tuple[Tensor, Tensor | None]:
+        """Register prefix_len image/audio tokens and L new text tokens: a [B, L] text_mask
+        (1 = real, 0 = padding), or the int L when all of them are real (the decode steps:
+        then no device-to-host sync is needed). Returns the text position ids [B, L] and the
+        boolean routing mask of the new queries over every cached key
+        ([B, 1, prefix_len + L, T]), or None when no cached key is padding. Raises
+        ValueError when a row would pass the model's max_seq_len text positions."""
         ...

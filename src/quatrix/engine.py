@@ -65,25 +65,35 @@ class Cache:
         param = next(model.parameters())
         self.dtype, self.device = dtype or param.dtype, device or param.device
         self.batch, self.max_text_len = batch, max_text_len
+        self.max_positions = model.config.max_seq_len
         self.layouts = [block.mixer.cache_layout() for block in model.blocks]
         self.layers: list[LayerCache] = []
         self.key_mask = torch.zeros(batch, 0, dtype=torch.bool, device=self.device)
         self.text_len = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.length = 0
+        self.text_steps = 0  # text slots appended per row, padding included: a bound on every row's positions
+        self.padded = False  # whether any cached key is padding (kept on the host: no sync to ask)
 
     @property
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
 
-    def extend(self, text_mask: Tensor, prefix_len: int) -> tuple[Tensor, Tensor | None]:
-        """Register prefix_len + L new tokens ([B, L] text_mask: 1 = real). Returns the text
-        position ids [B, L] and the routing mask of the new queries over all cached keys
-        (None when nothing is padded)."""
+    def extend(self, text_mask: Tensor | int, prefix_len: int) -> tuple[Tensor, Tensor | None]:
+        """Register prefix_len + L new tokens (a [B, L] text_mask, 1 = real; or L when all are
+        real). Returns the text position ids [B, L] and the routing mask of the new queries
+        over all cached keys (None when nothing is padded). Decode steps pass an int and pay
+        no device-to-host sync here; a padded prefill pays one."""
         from quatrix.qcompass import routing_mask
 
-        B, L = text_mask.shape
+        if isinstance(text_mask, int):
+            B, L, real = self.batch, text_mask, None
+        else:
+            B, L = text_mask.shape
+            real = text_mask.bool()
         if B != self.batch:
             raise ValueError(f"batch of {B} rows does not match the cache's {self.batch}")
+        if self.text_steps + L > self.max_positions:
+            raise ValueError(f"generation ran past max_seq_len={self.max_positions} text positions")
         if not self.layers:  # first forward: allocate for its prefix plus all the text
             size = prefix_len + self.max_text_len
             self.layers = [LayerCache(B, size, lay, self.dtype, self.device) for lay in self.layouts]
@@ -93,14 +103,19 @@ class Cache:
         n = prefix_len + L
         if self.length + n > self.key_mask.shape[1]:
             raise ValueError(f"cache is full: {self.length + n} tokens do not fit its {self.key_mask.shape[1]} slots")
-        real = text_mask.bool()
-        positions = self.text_len[:, None] + (real.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
-        self.text_len += real.sum(-1)
-        self.key_mask[:, self.length : self.length + prefix_len] = True
-        self.key_mask[:, self.length + prefix_len : self.length + n] = real
+        if real is None:
+            positions = self.text_len[:, None] + torch.arange(L, device=self.device)  # [B, L]
+            self.text_len += L
+            self.key_mask[:, self.length : self.length + n] = True
+        else:
+            positions = self.text_len[:, None] + (real.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+            self.text_len += real.sum(-1)
+            self.key_mask[:, self.length : self.length + prefix_len] = True
+            self.key_mask[:, self.length + prefix_len : self.length + n] = real
+            self.padded = self.padded or not bool(real.all())
         self.length += n
-        keys = self.key_mask[:, : self.length]
-        mask = None if bool(keys.all()) else routing_mask(keys, causal=True, query_len=n)
+        self.text_steps += L
+        mask = routing_mask(self.key_mask[:, : self.length], causal=True, query_len=n) if self.padded else None
         return positions, mask
 
     def repeat_interleave(self, n: int) -> None:
@@ -195,8 +210,9 @@ def stream(
     mel_values: Tensor | None = None,
     truncate: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (tokens [N], active [N]) once per step, N = len(prompts) * num_samples (the
-    samples of prompt b are rows b*num_samples ...). A row is inactive once it has produced
+    """Yield (tokens [N], active [N]) once per step, as CPU tensors, N = len(prompts) *
+    num_samples (the samples of prompt b are rows b*num_samples ...). Each decode step pays
+    one device-to-host transfer, this one. A row is inactive once it has produced
     a stop token; its later entries are padding. Prompts longer than max_seq_len -
     max_new_tokens raise, or with truncate=True keep their last tokens. Sampling:
     temperature 0 is greedy; top_k 0 and top_p 1.0 are off; `generator` seeds it.
@@ -221,13 +237,15 @@ def stream(
         if not bool(mask.any(1).all()):
             raise ValueError("a prompt is empty after truncation")
     device = next(model.parameters()).device
+    check_prompt_ids(ids, cfg.vocab_size)
     ids, mask = ids.to(device), mask.to(device)
     stop = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     try:
         cache = Cache(model, ids.shape[0], ids.shape[1] + max_new_tokens)
-        out = model(ids, attention_mask=mask, pixel_values=pixel_values, mel_values=mel_values, cache=cache)
+        out = model(ids, attention_mask=mask, pixel_values=pixel_values, mel_values=mel_values, cache=cache,
+                    check_values=False)  # ids checked above, on the host
         logits = out["logits"][:, -1]  # [B, V]: left padding puts every row's last token here
         if num_samples > 1:
             cache.repeat_interleave(num_samples)
@@ -235,13 +253,23 @@ def stream(
         active = torch.ones(logits.shape[0], dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             tokens = torch.where(active, sample_next(logits, sampling, generator), 0)
-            yield tokens, active.clone()
-            active &= ~torch.isin(tokens, stop)
-            if step == max_new_tokens - 1 or not bool(active.any()):
+            was_active = active
+            active = active & ~torch.isin(tokens, stop)
+            # the step's one device-to-host transfer: tokens and both activity masks together
+            new, alive_before, alive = torch.stack([tokens, was_active.long(), active.long()]).tolist()
+            yield torch.tensor(new), torch.tensor(alive_before, dtype=torch.bool)
+            if step == max_new_tokens - 1 or not any(alive):
                 return
-            logits = model(tokens[:, None], cache=cache)["logits"][:, -1]
+            logits = model(tokens[:, None], cache=cache, check_values=False)["logits"][:, -1]
     finally:
         model.train(was_training)
+
+
+def check_prompt_ids(ids: Tensor, vocab_size: int) -> None:
+    """Every prompt id inside the vocabulary (checked once, on the host, at the engine's entry)."""
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"prompt contains token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab_size})")
 
 
 def generate(model, prompts, max_new_tokens: int, **kwargs) -> Generation:

@@ -114,11 +114,8 @@ class QuatrixLM(nn.Module):
         P = 0 if prefix is None else prefix.shape[1]
         if attention_mask is not None:
             check_same_shape("attention_mask", attention_mask, input_ids, "input_ids")
-        if cache is not None:  # positions continue from what the cache has seen
-            text_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            positions, mask = cache.extend(text_mask, P)
-            if int(positions.max()) >= self.config.max_seq_len:
-                raise ValueError(f"generation ran past max_seq_len={self.config.max_seq_len} text positions")
+        if cache is not None:  # positions continue from what the cache has seen; it checks max_seq_len
+            positions, mask = cache.extend(input_ids.shape[1] if attention_mask is None else attention_mask, P)
         elif attention_mask is None:
             positions, mask = torch.arange(L, device=input_ids.device).expand(B, L), None
         else:
