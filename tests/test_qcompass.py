@@ -164,3 +164,20 @@ def test_cpu_bf16_autocast(impl, small_chunks):
     out.float().sum().backward()
     assert torch.isfinite(x.grad).all()
     assert_close(out.float(), m.forward_reference(x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "matmul"])
+def test_bf16_autocast_paths_keep_fp32_softmax_statistics(small_chunks, impl):
+    """Under CPU bf16 autocast the matmuls run in bf16, the softmax in fp32: the result sits
+    within bf16 rounding of the fp32 reference, values and gradients."""
+    torch.manual_seed(0)
+    mixer = QCompass(64, 16)
+    x = torch.randn(2, 40, 64, requires_grad=True)
+    reference = mixer.forward_reference(x)
+    (g_ref,) = torch.autograd.grad(reference.square().sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer(x, impl=impl)
+    assert out.dtype == torch.bfloat16
+    (g,) = torch.autograd.grad(out.float().square().sum(), x)
+    assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+    assert (g - g_ref).norm() / g_ref.norm() < 2e-2

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from quatrix.config import MIXERS, PRESETS
+from quatrix.precision import PRECISIONS
 from quatrix.validation import float_in, int_at_least, nonnegative_float, nonnegative_int, positive_int
 
 
@@ -108,23 +109,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     def show(ids: list[int]) -> str:
         return tokenizer.decode(ids) if tokenizer is not None and not args.ids else " ".join(map(str, ids)) + " "
 
+    from quatrix.precision import autocast_context, resolve_precision
+
     rows: list[list[int]] = [[] for _ in range(args.num_samples)]
     shown = ""
-    for tokens, active in steps:
-        for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
-            if a and t not in args.stop_id:
-                rows[i].append(t)
-        if args.num_samples == 1:  # stream the single sample; decode it whole so multi-byte characters survive
-            text = show(rows[0])
-            if not text.endswith("\ufffd"):
-                print(text[len(shown):], end="", flush=True)
-                shown = text
+    device = str(next(model.parameters()).device)
+    with autocast_context(device, resolve_precision(args.precision, device)):
+        for tokens, active in steps:
+            rows, shown = show_step(tokens, active, rows, shown, args, show)
     if args.num_samples == 1:
         print(show(rows[0])[len(shown):])
     else:
         for i, row in enumerate(rows):
             print(f"[{i}] " + show(row))
     return 0
+
+
+def show_step(tokens, active, rows, shown, args, show):
+    """Append one step's tokens to each sample; stream the single sample's new text."""
+    for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
+        if a and t not in args.stop_id:
+            rows[i].append(t)
+    if args.num_samples == 1:  # decode the sample whole so multi-byte characters survive
+        text = show(rows[0])
+        if not text.endswith("\ufffd"):
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    return rows, shown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=positive_int, default=1)
     gen.add_argument("--seed", type=nonnegative_int, default=0)
     gen.add_argument("--truncate", action="store_true", help="keep the prompt's last tokens if it is too long")
+    gen.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="bf16 autocast for the forward passes (auto: where the device has native bf16)")
 
 
     pre = sub.add_parser("pretrain", help="pretrain a language model on text (stage 1)")

@@ -70,8 +70,12 @@ def route(
     if impl == "matmul" or (impl == "chunked" and dropout_p > 0.0):
         return _route_matmul(state, action, content, causal=causal, mask=mask, dropout_p=dropout_p)
     if impl == "chunked":  # a hand-written Function: run it in one dtype, outside autocast
-        dtype = torch.promote_types(torch.promote_types(state.dtype, action.dtype), content.dtype)
-        with torch.autocast(state.device.type, enabled=False):
+        device = state.device.type
+        if torch.is_autocast_enabled(device):  # its matmuls in the autocast dtype, softmax statistics in fp32
+            dtype = torch.get_autocast_dtype(device)
+        else:
+            dtype = torch.promote_types(torch.promote_types(state.dtype, action.dtype), content.dtype)
+        with torch.autocast(device, enabled=False):
             return _ChunkedRoute.apply(
                 state.to(dtype), action.to(dtype), content.to(dtype), mask, causal, _chunk_size(action)
             )
@@ -86,7 +90,7 @@ def _route_matmul(state, action, content, *, causal, mask, dropout_p):
         mask = torch.ones(Lq, Lk, dtype=torch.bool, device=scores.device).tril(Lk - Lq)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
+    weights = torch.softmax(scores, dim=-1, dtype=_wide(scores.dtype)).to(scores.dtype)  # fp32 statistics in bf16
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return torch.matmul(weights, content)  # [B, h, Lq, dv]
@@ -123,7 +127,9 @@ class _ChunkedRoute(torch.autograd.Function):
     Forward keeps no routing weights; backward recomputes each block's from state and action.
     Memory is O(chunk * L) instead of O(L^2), and with a causal mask the keys after each
     block's last query are never touched. Each block costs one fused softmax forward (and
-    one softmax backward); the scale is folded into the small state tensor.
+    one softmax backward); the scale is folded into the small state tensor. In bf16 the
+    matmuls run in bf16 while the softmax, its backward and the gradients summed over
+    blocks stay in fp32.
     """
 
     @staticmethod
@@ -131,8 +137,8 @@ class _ChunkedRoute(torch.autograd.Function):
         scaled = state * (1.0 / math.sqrt(state.shape[-1]))  # [B, h, Lq, d]
         out = content.new_empty(*state.shape[:-1], content.shape[-1])  # [B, h, Lq, dv]
         for s, e, kend in _blocks(state.shape[-2], action.shape[-2], chunk, causal and mask is None):
-            weights = _block_weights(scaled, action, mask, causal, s, e, kend)  # [B, h, c, kend]
-            torch.matmul(weights, content[..., :kend, :], out=out[..., s:e, :])
+            weights = _block_weights(scaled, action, mask, causal, s, e, kend)  # [B, h, c, kend], wide
+            torch.matmul(weights.to(content.dtype), content[..., :kend, :], out=out[..., s:e, :])
         ctx.save_for_backward(scaled, action, content, mask)
         ctx.causal, ctx.chunk = causal, chunk
         return out
@@ -140,18 +146,21 @@ class _ChunkedRoute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         scaled, action, content, mask = ctx.saved_tensors
-        causal, scale = ctx.causal, 1.0 / math.sqrt(scaled.shape[-1])
-        d_state, d_action = torch.zeros_like(scaled), torch.zeros_like(action)
-        d_content = torch.zeros(content.shape, dtype=content.dtype, device=content.device)
+        causal, scale, dtype = ctx.causal, 1.0 / math.sqrt(scaled.shape[-1]), content.dtype
+        d_out = d_out.to(dtype)
+        d_state = torch.zeros_like(scaled)
+        d_action = torch.zeros(action.shape, dtype=_wide(dtype), device=action.device)  # summed over blocks
+        d_content = torch.zeros(content.shape, dtype=_wide(dtype), device=content.device)
         for s, e, kend in _blocks(scaled.shape[-2], action.shape[-2], ctx.chunk, causal and mask is None):
-            weights = _block_weights(scaled, action, mask, causal, s, e, kend)  # [B, h, c, kend]
+            weights = _block_weights(scaled, action, mask, causal, s, e, kend)  # [B, h, c, kend], wide
             d_o = d_out[..., s:e, :]  # [B, h, c, dv]
-            d_content[..., :kend, :] += torch.matmul(weights.transpose(-2, -1), d_o)
+            d_content[..., :kend, :] += torch.matmul(weights.to(dtype).transpose(-2, -1), d_o)
             d_weights = torch.matmul(d_o, content[..., :kend, :].transpose(-2, -1))  # [B, h, c, kend]
-            d_scores = torch.ops.aten._softmax_backward_data(d_weights, weights, -1, weights.dtype)
+            d_scores = torch.ops.aten._softmax_backward_data(d_weights.to(weights.dtype), weights, -1,
+                                                             weights.dtype).to(dtype)
             d_state[..., s:e, :] = torch.matmul(d_scores, action[..., :kend, :]) * scale
             d_action[..., :kend, :] += torch.matmul(d_scores.transpose(-2, -1), scaled[..., s:e, :])
-        return d_state, d_action, d_content, None, None, None
+        return d_state, d_action.to(dtype), d_content.to(dtype), None, None, None
 
 
 def _blocks(Lq: int, Lk: int, chunk: int, skip_future: bool):
@@ -171,7 +180,12 @@ def _block_weights(scaled, action, mask, causal, s, e, kend):
         start = action.shape[-2] - scaled.shape[-2] + s  # key position of query s
         future = torch.ones(e - s, kend - start, dtype=torch.bool, device=scores.device).triu(1)
         scores[..., start:].masked_fill_(future, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    return torch.softmax(scores, dim=-1, dtype=_wide(scores.dtype))
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype softmax statistics and sums over blocks are kept in: fp32 for bf16/fp16 inputs."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class QCompass(nn.Module):

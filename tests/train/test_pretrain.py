@@ -235,3 +235,11 @@ def test_numeric_flags_refuse_bad_values(setup, capsys, flag, value, message):
 def test_warmup_longer_than_the_run_is_refused(setup, capsys):
     assert run(setup, "flags", "--warmup", "7") == 2
     assert "--warmup 7 is longer than the run" in capsys.readouterr().err
+
+
+def test_bf16_precision_trains_like_fp32(setup):
+    assert run(setup, "fp32", "--precision", "fp32") == 0
+    assert run(setup, "bf16", "--precision", "bf16") == 0
+    assert json.loads((setup / "bf16" / "run_config.json").read_text())["precision"] == "bf16"
+    np.testing.assert_allclose(losses(setup, "bf16"), losses(setup, "fp32"), rtol=0.03)
+    assert losses(setup, "bf16") != losses(setup, "fp32")  # bf16 really ran

@@ -26,7 +26,7 @@ import torch
 from quatrix.io import atomic_path, atomic_write_text
 from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.params import count_parameters, training_flops_per_token
-from quatrix.train.common import CHECKPOINT_DIR, METRICS_NAME, SUMMARY_NAME, command_line, read_metrics
+from quatrix.train.common import CHECKPOINT_DIR, METRICS_NAME, PRECISIONS, SUMMARY_NAME, command_line, read_metrics
 from quatrix.validation import int_at_least, nonnegative_int, positive_float, positive_int
 from quatrix.variants import DEFAULT_HEADS, VARIANTS, variant_overrides
 
@@ -57,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "this peak learning rate makes attention runs spike and the seeds diverge)")
     p.add_argument("--eval-every", type=nonnegative_int, default=50)
     p.add_argument("--eval-batches", type=positive_int, default=200, help="batches of the final held-out evaluation")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="of every run (see quatrix pretrain)")
     p.add_argument("--out", default="runs/ablate")
 
 
@@ -225,6 +226,7 @@ class PretrainRun:
     cache_dir: str
     data: tuple[str, ...] = ()
     sample_tokens: int = 0
+    precision: str = "auto"
 
     def command(self, resume: bool) -> list[str]:
         return command_line("pretrain", {**asdict(self), "resume": resume})
@@ -238,7 +240,7 @@ def pretrain_run(args, config: QuatrixConfig, seed: int, directory: Path) -> Pre
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, warmup=warmup_steps(args),
         eval_every=args.eval_every, eval_batches=PERIODIC_EVAL_BATCHES, save_every=args.eval_every, seed=seed,
         device="cuda" if torch.cuda.is_available() else "cpu", out=str(directory), cache_dir=str(token_cache(args)),
-        data=tuple(args.data or ()))
+        data=tuple(args.data or ()), precision=args.precision)
 
 
 def train(args, name: str, config: QuatrixConfig, seed: int, directory: Path) -> None:

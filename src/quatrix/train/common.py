@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from quatrix.io import WriteError, atomic_path, atomic_write_json, atomic_write_text, fsync_dir, is_full_disk
+from quatrix.precision import PRECISIONS, autocast_context, resolve_precision  # noqa: F401 (the stages' one import)
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.pt"
@@ -179,13 +180,6 @@ def wrap_model(model: torch.nn.Module, compile: bool, d: Dist, device: str, unev
     return model
 
 
-def autocast_context(device: str):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if "cuda" in str(device):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def accumulate_gradients(train_model, loader, step: int, grad_accum: int, d: Dist, device: str, autocast) -> tuple[str, Tensor]:
     """Forward and backward over `grad_accum` micro-batches of this step's source; under DDP
     the gradients are all-reduced once, with the last micro-batch. Returns the source and
@@ -242,7 +236,8 @@ def due(step: int, every: int, total: int) -> bool:
 def write_run_config(out: Path, args, config, tokenizer, d: Dist) -> None:
     resolved = {"args": vars(args), "model": config.to_dict(), "world_size": d.world_size,
                 "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
-                "torch": torch.__version__, "threads": torch.get_num_threads()}
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "precision": getattr(args, "precision_resolved", None)}
     atomic_write_json(out / RUN_CONFIG_NAME, resolved)
 
 

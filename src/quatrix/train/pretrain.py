@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in OUT exactly, from its last checkpoint (from step 0 if it was killed "
                         "before its first checkpoint)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=common.PRECISIONS, default="auto",
+                   help="auto: bf16 autocast where the device has native bf16 (CUDA with bf16, a CPU with AMX or "
+                        "AVX-512-BF16), else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--cache-dir", default=None, help="token cache (default: OUT/../.token_cache)")
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
     weights = parse_mixture(args.mixture or ("text=0.7,image=0.3" if args.image_data else "text=1"))
     if "image" in weights and not args.image_data:
         raise ValueError("--mixture uses image data: give --image-data (clevr, digits or a path)")
+    args.precision_resolved = common.resolve_precision(args.precision, device)
     checkpoint = resume_point(args, out, d)
     out.mkdir(parents=True, exist_ok=True)
     common.pin_threads(common.checkpoint_threads(checkpoint))
@@ -184,7 +188,7 @@ def train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, 
     """Steps start+1 .. --steps: train, log, validate, checkpoint. 0 when done, 1 when the
     loss went non-finite (the last good checkpoint is kept)."""
     tokens_per_step = args.batch_size * args.grad_accum * args.seq_len * d.world_size
-    autocast = common.autocast_context(device)
+    autocast = common.autocast_context(device, args.precision_resolved)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not d.is_main, desc="pretrain")
     last_saved = start
     for step in bar:
