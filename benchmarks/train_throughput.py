@@ -2,11 +2,13 @@
 attention, at equal width and depth (`small` preset: H=384, r=48, 6 layers, vocabulary 50,257).
 
 MFU = analytic training FLOPs per second (quatrix.params.training_flops_per_token) over the
-machine's matmul peak, measured in this script (a large fp32 GEMM on CPU, bf16 on CUDA).
-Each variant runs the same loop (AdamW, next-token loss on random tokens); variants are
-timed interleaved and reported as medians.
+machine's matmul peak in the same precision, measured in this script (a large GEMM in fp32
+and in bf16). Each (variant, precision) runs the same loop (AdamW, next-token loss on random
+tokens; bf16 is autocast as `--precision bf16` trains); all are timed interleaved and
+reported as medians.
 
-    python benchmarks/train_throughput.py
+    python benchmarks/train_throughput.py                       # fp32 and bf16
+    python benchmarks/train_throughput.py --precisions fp32 --variants qcompass,mha
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from quatrix.config import preset
 from quatrix.model import QuatrixLM
 from quatrix.variants import variant_overrides
 from quatrix.params import training_flops_per_token
+from quatrix.precision import autocast_context
 
 BENCHED = ("qcompass", "savo", "mha")  # from quatrix.variants
 HEADS = 8  # heads of the multi-head variants
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_peak(device: str, size: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of the fastest of `reps` square GEMMs (fp32 on CPU, bf16 on CUDA)."""
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of the fastest of `reps` square GEMMs in `dtype`."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
     for _ in range(reps + 2):
@@ -54,54 +57,59 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--variants", default=",".join(BENCHED), help="comma-separated, from quatrix.variants")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     args = p.parse_args()
-    peak = matmul_peak(args.device)
-    torch.manual_seed(0)
+    names, precisions = args.variants.split(","), args.precisions.split(",")
+    peaks = {pr: matmul_peak(args.device, DTYPES[pr]) for pr in precisions}
     setups = {}
-    for name in BENCHED:
-        overrides = variant_overrides(name, HEADS)
-        model = QuatrixLM(preset(args.preset, **overrides)).to(args.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        setups[name] = (model, opt)
+    for name in names:
+        for precision in precisions:
+            torch.manual_seed(0)
+            model = QuatrixLM(preset(args.preset, **variant_overrides(name, HEADS))).to(args.device)
+            setups[name, precision] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
     ids = torch.randint(0, 50257, (args.batch_size, args.seq_len), device=args.device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
-    times = {name: [] for name in setups}
+    times = {key: [] for key in setups}
     memory = {}
     for step in range(args.warmup + args.steps):
-        for name, (model, opt) in setups.items():
+        for (name, precision), (model, opt) in setups.items():
             if args.device == "cpu" and step == 0:
                 with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # reset the high-water mark: measure this variant's first step
+                    f.write("5")  # reset the high-water mark: measure this setup's first step
                 before = hwm_kib()
             start = time.perf_counter()
-            with autocast:
-                loss = model(ids, labels=ids)["loss"]
+            with autocast_context(args.device, precision):
+                loss = model(ids, labels=ids, check_values=False)["loss"]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             if step == 0 and args.device == "cpu":
-                memory[name] = (hwm_kib() - before) / 1024
+                memory[name, precision] = (hwm_kib() - before) / 1024
             if step >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name, precision].append(time.perf_counter() - start)
 
     tokens = args.batch_size * args.seq_len
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} "
-          f"batch={args.batch_size}x{args.seq_len} tokens, median of {args.steps} interleaved steps; "
-          f"measured matmul peak {peak / 1e9:.1f} GFLOP/s\n")
-    print("| mixer | params | tokens/s | step ms | MFU | speed-up vs mha | FLOP-predicted speed-up | "
-          "achieved / predicted | first-step memory MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    flops = {n: training_flops_per_token(m.config, args.seq_len) for n, (m, _) in setups.items()}
-    median = {n: statistics.median(t) for n, t in times.items()}
-    for name, (model, _) in setups.items():
-        tps = tokens / median[name]
-        speedup, predicted = median["mha"] / median[name], flops["mha"] / flops[name]
-        mem = f"{memory[name]:.0f}" if name in memory else "-"
-        print(f"| {name} | {model.num_parameters() / 1e6:.1f}M | {tps:,.0f} | {median[name] * 1e3:.0f} | "
-              f"{100 * flops[name] * tps / peak:.0f}% | {speedup:.2f}x | {predicted:.2f}x | "
-              f"{100 * speedup / predicted:.0f}% | {mem} |")
+          f"batch={args.batch_size}x{args.seq_len} tokens, median of {args.steps} interleaved steps; measured matmul "
+          f"peak " + ", ".join(f"{pr} {peaks[pr] / 1e9:.0f} GFLOP/s" for pr in precisions) + "\n")
+    print("| mixer | precision | params | tokens/s | step ms | MFU (same-precision peak) | speed-up vs mha | "
+          "FLOP-predicted | bf16 vs fp32 | first-step memory MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    median = {key: statistics.median(t) for key, t in times.items()}
+    for (name, precision), (model, _) in setups.items():
+        flops, tps = training_flops_per_token(model.config, args.seq_len), tokens / median[name, precision]
+        mha = median.get(("mha", precision))
+        speedup = f"{mha / median[name, precision]:.2f}x" if mha else "-"
+        predicted = (f"{training_flops_per_token(setups['mha', precision][0].config, args.seq_len) / flops:.2f}x"
+                     if mha else "-")
+        versus = (f"{median[name, 'fp32'] / median[name, precision]:.2f}x"
+                  if precision != "fp32" and (name, "fp32") in median else "-")
+        mem = f"{memory[name, precision]:.0f}" if (name, precision) in memory else "-"
+        print(f"| {name} | {precision} | {model.num_parameters() / 1e6:.1f}M | {tps:,.0f} | "
+              f"{median[name, precision] * 1e3:.0f} | {100 * flops * tps / peaks[precision]:.0f}% | {speedup} | "
+              f"{predicted} | {versus} | {mem} |")
 
 
 if __name__ == "__main__":

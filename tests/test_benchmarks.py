@@ -47,9 +47,11 @@ def test_decode_benchmark_runs_and_checks_tokens():
 def test_train_throughput_benchmark_reports_mfu():
     out = subprocess.run(
         [sys.executable, str(BENCH / "train_throughput.py"), "--preset", "tiny", "--batch-size", "2", "--seq-len", "32",
-         "--steps", "1", "--warmup", "0"],
+         "--steps", "1", "--warmup", "0", "--variants", "qcompass,mha"],
         capture_output=True, text=True, check=True,
     ).stdout
-    rows = [line for line in out.splitlines() if line.startswith("| qcompass") or line.startswith("| mha")]
-    assert len(rows) == 2 and rows[1].split("|")[6].strip() == "1.00x"
-    assert all(line.split("|")[5].strip().endswith("%") for line in rows)
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| qcompass") or line.startswith("| mha")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("qcompass", "fp32"), ("qcompass", "bf16"),
+                                                            ("mha", "fp32"), ("mha", "bf16")]
+    assert all(r[7].strip() == "1.00x" for r in rows[2:])  # mha against itself
+    assert all(r[6].strip().endswith("%") for r in rows) and rows[1][9].strip().endswith("x")
