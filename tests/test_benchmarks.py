@@ -55,3 +55,17 @@ def test_train_throughput_benchmark_reports_mfu():
                                                             ("mha", "fp32"), ("mha", "bf16")]
     assert all(r[7].strip() == "1.00x" for r in rows[2:])  # mha against itself
     assert all(r[6].strip().endswith("%") for r in rows) and rows[1][9].strip().endswith("x")
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_its_checks_on_cpu(tmp_path):
+    """The GPU check is smoke-tested here on CPU at tiny sizes, so it is ready when a GPU is lent."""
+    import json
+
+    subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(tmp_path)],
+                   capture_output=True, text=True, check=True)
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["failed"] == 0 and len(summary["checks"]) == 40
+    assert {c["impl"] for c in summary["checks"] if c["check"] == "mixer"} == {"sdpa", "matmul", "chunked"}
+    assert "| qcompass | bf16 |" in summary["train_throughput"] and "Q-Compass" in summary["mixer_benchmark"]
+    assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
