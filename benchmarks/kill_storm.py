@@ -31,7 +31,7 @@ def pretrain_command(args, out: Path) -> list[str]:
     return [sys.executable, "-m", "quatrix.cli", "pretrain", "--preset", "tiny", "--tokenizer", args.tokenizer,
             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
             "--save-every", "1", "--eval-every", str(args.steps), "--eval-batches", "2", "--sample-tokens", "0",
-            "--seed", str(args.seed), "--device", "cpu", "--cache-dir", str(Path(args.out) / "token_cache"),
+            "--seed", str(args.seed), "--device", "cpu", "--precision", args.precision, "--cache-dir", str(Path(args.out) / "token_cache"),
             *[a for d in args.data for a in ("--data", d)], "--out", str(out)]
 
 
@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     p.add_argument("--always-resume", action="store_true",
                    help="pass --resume after every kill, even when no checkpoint folder is visible")
     p.add_argument("--out", default="runs/kill_storm")

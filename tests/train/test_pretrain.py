@@ -28,7 +28,7 @@ def run(setup, out, *extra):
     args = ["pretrain", "--preset", "tiny", "--data", str(setup / "corpus.txt"), "--tokenizer", str(setup / "tok"),
             "--batch-size", "4", "--seq-len", "32", "--steps", "6", "--warmup", "2", "--eval-every", "3",
             "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "1e-2",
-            "--cache-dir", str(setup / "cache"), "--out", str(setup / out), *extra]
+            "--precision", "fp32", "--cache-dir", str(setup / "cache"), "--out", str(setup / out), *extra]
     return main(args)
 
 
@@ -127,7 +127,7 @@ def torchrun(setup, out, *extra, port):
            "-m", "quatrix.cli", "pretrain", "--preset", "tiny", "--data", str(setup / "corpus.txt"),
            "--tokenizer", str(setup / "tok"), "--seq-len", "32", "--steps", "6", "--warmup", "2",
            "--eval-every", "3", "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "1e-2",
-           "--cache-dir", str(setup / "cache"), "--out", str(setup / out), "--device", "cpu", *extra]
+           "--precision", "fp32", "--cache-dir", str(setup / "cache"), "--out", str(setup / out), "--device", "cpu", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((setup / out / "run_config.json").read_text())["world_size"] == 2
@@ -243,3 +243,9 @@ def test_bf16_precision_trains_like_fp32(setup):
     assert json.loads((setup / "bf16" / "run_config.json").read_text())["precision"] == "bf16"
     np.testing.assert_allclose(losses(setup, "bf16"), losses(setup, "fp32"), rtol=0.03)
     assert losses(setup, "bf16") != losses(setup, "fp32")  # bf16 really ran
+
+
+def test_resume_keeps_the_precision_the_run_began_with(setup, reference):
+    assert run(setup, "prec", "--precision", "fp32", "--stop-after", "5") == 0
+    assert run(setup, "prec", "--precision", "auto", "--resume") == 0  # auto would pick bf16 on some CPUs
+    assert losses(setup, "prec") == reference  # the reference ran in fp32 too

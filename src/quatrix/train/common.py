@@ -283,7 +283,7 @@ def save_checkpoint(out: Path, model, tokenizer, optimizers, step: int, loader_s
         tokenizer.save(tmp)
         with atomic_path(tmp / STATE_NAME) as path:
             torch.save(trainer_state(optimizers, step, loader_state, args), path)
-        atomic_write_json(tmp / MANIFEST_NAME, _manifest(tmp, step))
+        atomic_write_json(tmp / MANIFEST_NAME, _manifest(tmp, step, args.get("precision_resolved")))
         fsync_dir(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -343,21 +343,35 @@ def trainer_state(optimizers, step: int, loader_state: dict, args: dict) -> dict
             "rng": rng, "args": plain_args}
 
 
-def _manifest(directory: Path, step: int) -> dict[str, Any]:
+def _manifest(directory: Path, step: int, precision: str | None) -> dict[str, Any]:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_NAME)
-    return {"step": step, "threads": torch.get_num_threads(),
+    return {"step": step, "threads": torch.get_num_threads(), "precision": precision,
             "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
 
 
-def checkpoint_threads(directory: Path | None) -> int | None:
-    """The CPU thread count a checkpoint's run trained with (None if unknown)."""
+def checkpoint_numerics(directory: Path | None) -> dict[str, Any]:
+    """The CPU thread count and precision a checkpoint's run trained with ({} if unknown):
+    a resumed run needs both to continue bit for bit."""
     path = Path(directory) / MANIFEST_NAME if directory else None
     if path is None or not path.is_file():
-        return None
+        return {}
     try:
-        return int(json.loads(path.read_text()).get("threads") or 0) or None
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
-        return None  # verify_checkpoint names the damage
+        manifest = json.loads(path.read_text())
+        return {k: manifest[k] for k in ("threads", "precision") if manifest.get(k)}
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        return {}  # verify_checkpoint names the damage
+
+
+def resume_precision(requested: str, device: str, saved: str | None) -> str:
+    """The precision of a (resumed) run: "auto" keeps the one the run began with, so a run
+    resumed on other hardware does not switch precision halfway; an explicit choice wins."""
+    if saved and requested == "auto":
+        return saved
+    resolved = resolve_precision(requested, device)
+    if saved and resolved != saved:
+        print(f"resume: the run trained in {saved} until now and goes on in {resolved} (--precision); its "
+              f"losses will no longer match an uninterrupted run bit for bit", file=sys.stderr)
+    return resolved
 
 
 def _sha256(path: Path) -> str:

@@ -98,10 +98,11 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
     weights = parse_mixture(args.mixture or ("text=0.7,image=0.3" if args.image_data else "text=1"))
     if "image" in weights and not args.image_data:
         raise ValueError("--mixture uses image data: give --image-data (clevr, digits or a path)")
-    args.precision_resolved = common.resolve_precision(args.precision, device)
     checkpoint = resume_point(args, out, d)
+    numerics = common.checkpoint_numerics(checkpoint)  # a resumed run keeps its threads and precision
+    args.precision_resolved = common.resume_precision(args.precision, device, numerics.get("precision"))
     out.mkdir(parents=True, exist_ok=True)
-    common.pin_threads(common.checkpoint_threads(checkpoint))
+    common.pin_threads(numerics.get("threads"))
     common.seed_everything(args.seed)
 
     # ---------------------------------------------------------------- tokenizer and model
