@@ -22,9 +22,9 @@ import torch
 
 from quatrix.config import preset
 from quatrix.model import QuatrixLM
-from quatrix.variants import variant_overrides
 from quatrix.params import training_flops_per_token
 from quatrix.precision import autocast_context
+from quatrix.variants import variant_overrides
 
 BENCHED = ("qcompass", "savo", "mha")  # from quatrix.variants
 HEADS = 8  # heads of the multi-head variants

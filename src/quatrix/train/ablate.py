@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.io import atomic_path, atomic_write_text
 from quatrix.config import PRESETS, QuatrixConfig, preset
+from quatrix.io import atomic_path, atomic_write_text
 from quatrix.params import count_parameters, training_flops_per_token
 from quatrix.train.common import CHECKPOINT_DIR, METRICS_NAME, PRECISIONS, SUMMARY_NAME, command_line, read_metrics
 from quatrix.validation import int_at_least, nonnegative_int, positive_float, positive_int

@@ -4,7 +4,6 @@ checkpoints with exact resume, metrics, plots and held-out evaluation."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -20,7 +19,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from quatrix.io import WriteError, atomic_path, atomic_write_json, atomic_write_text, fsync_dir, is_full_disk
+from quatrix.io import (
+    WriteError,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    is_full_disk,
+    sha256_file,
+)
 from quatrix.precision import PRECISIONS, autocast_context, resolve_precision  # noqa: F401 (the stages' one import)
 
 CHECKPOINT_DIR = "checkpoint"
@@ -346,7 +353,7 @@ def trainer_state(optimizers, step: int, loader_state: dict, args: dict) -> dict
 def _manifest(directory: Path, step: int, precision: str | None) -> dict[str, Any]:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_NAME)
     return {"step": step, "threads": torch.get_num_threads(), "precision": precision,
-            "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}}
 
 
 def checkpoint_numerics(directory: Path | None) -> dict[str, Any]:
@@ -374,14 +381,6 @@ def resume_precision(requested: str, device: str, saved: str | None) -> str:
     return resolved
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checkpoint(directory: Path) -> None:
     """Check every file against the manifest (size and SHA-256), naming the first that is
     missing, truncated or altered. Checkpoints from before manifests pass unchecked."""
@@ -402,7 +401,7 @@ def verify_checkpoint(directory: Path) -> None:
         if size != want["bytes"]:
             raise ValueError(f"checkpoint {directory} is damaged: {name} has {size} bytes, "
                              f"the manifest says {want['bytes']} (truncated?)")
-        if _sha256(f) != want["sha256"]:
+        if sha256_file(f) != want["sha256"]:
             raise ValueError(f"checkpoint {directory} is damaged: {name} does not match its checksum")
 
 

@@ -27,7 +27,7 @@ from quatrix.eval.perplexity import evaluate_tokens
 from quatrix.model import QuatrixLM
 from quatrix.tokenizer import load_tokenizer
 from quatrix.train import common
-from quatrix.validation import nonnegative_float, nonnegative_int, positive_float, positive_int, int_at_least
+from quatrix.validation import int_at_least, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
