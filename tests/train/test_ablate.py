@@ -96,6 +96,7 @@ def test_gap_curve_pairs_seeds_at_shared_evaluations():
     assert one["mean"] == pytest.approx([0.1, 0.1]) and all(math.isnan(x) for x in one["std"])
 
 
+@pytest.mark.slow
 def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     rng = np.random.default_rng(0)
     text = "\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(3000)) + "\n"

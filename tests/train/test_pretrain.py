@@ -133,12 +133,14 @@ def torchrun(setup, out, *extra, port):
     assert json.loads((setup / out / "run_config.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_global_batch(setup):
     assert run(setup, "single", "--batch-size", "4") == 0
     torchrun(setup, "ddp", "--batch-size", "2", port=29517)
     np.testing.assert_allclose(losses(setup, "ddp"), losses(setup, "single"), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_with_gradient_accumulation(setup):
     """Each micro-batch enters its own no_sync context (one context object entered twice crashed)."""
     assert run(setup, "single_accum", "--batch-size", "4") == 0
@@ -146,6 +148,7 @@ def test_ddp_with_gradient_accumulation(setup):
     np.testing.assert_allclose(losses(setup, "ddp_accum"), losses(setup, "single_accum"), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_trains_a_vision_preset_on_text_alone(setup):
     """berry-q0 carries a vision encoder that text batches never reach: it is frozen, so DDP
     does not wait for its gradients (which used to fail at the first step)."""
