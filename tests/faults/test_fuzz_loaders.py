@@ -34,7 +34,7 @@ def fresh(tmp_path_factory, name: str) -> Path:
     return tmp_path_factory.mktemp("fuzz") / name
 
 
-def documents_or_named_error(path: Path) -> None:
+def assert_documents_or_named_error(path: Path) -> None:
     try:
         docs = read_documents(path)
     except CLEAR as e:
@@ -48,7 +48,7 @@ def documents_or_named_error(path: Path) -> None:
 def test_text_files(tmp_path_factory, data, suffix):
     path = fresh(tmp_path_factory, "doc" + suffix)
     path.write_bytes(data)
-    documents_or_named_error(path)
+    assert_documents_or_named_error(path)
 
 
 @FUZZ
@@ -56,7 +56,7 @@ def test_text_files(tmp_path_factory, data, suffix):
 def test_jsonl_text_records(tmp_path_factory, lines):
     path = fresh(tmp_path_factory, "docs.jsonl")
     path.write_text("\n".join(lines))
-    documents_or_named_error(path)
+    assert_documents_or_named_error(path)
 
 
 @FUZZ
@@ -136,9 +136,11 @@ def test_config_files(tmp_path_factory, data):
     path = fresh(tmp_path_factory, "config.json")
     path.write_text(json.dumps(data))
     try:
-        QuatrixConfig.from_json(path)
-    except CLEAR:
-        pass
+        config = QuatrixConfig.from_json(path)
+    except CLEAR as e:
+        assert str(e)  # a message, never a bare exception
+        return
+    assert QuatrixConfig.from_dict(config.to_dict()) == config
 
 
 @FUZZ
