@@ -1,5 +1,6 @@
-"""Helpers every training stage shares: distributed set-up, optimizers, schedule,
-checkpoints with exact resume, metrics, plots and held-out evaluation."""
+"""Helpers every training stage shares: distributed set-up, thread pinning, the training
+step, optimizers, schedule, crash-safe checkpoints with exact resume, metrics and plots
+(held-out evaluation lives in quatrix.eval)."""
 
 from __future__ import annotations
 
