@@ -151,3 +151,26 @@ def test_weight_files(tmp_path_factory, body):
     (root / "model.safetensors").write_bytes(body)
     with pytest.raises(ValueError, match="model.safetensors"):
         QuatrixLM.from_pretrained(root)
+
+
+messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "bot"]),
+                                           "content": st.one_of(st.text(max_size=20), json_values)}), max_size=4)
+
+
+@FUZZ
+@given(lines=st.lists(st.one_of(st.fixed_dictionaries({"messages": st.one_of(messages, json_values)}).map(json.dumps),
+                                json_values.map(json.dumps), st.text(max_size=30)), max_size=4))
+def test_conversation_files(tmp_path_factory, tokenizer, lines):
+    from quatrix.chat import render
+    from quatrix.data.conversations import read_conversations
+
+    path = fresh(tmp_path_factory, "chat.jsonl")
+    path.write_text("\n".join(lines))
+    try:
+        conversations = read_conversations(path)
+    except CLEAR as e:
+        assert str(path) in str(e)
+        return
+    for conversation in conversations:
+        ids, mask = render(conversation, tokenizer)
+        assert len(ids) == len(mask) and any(mask)
