@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from quatrix.config import MIXERS, PRESETS
-from quatrix.precision import PRECISIONS
+from quatrix.precision import PRECISIONS, autocast_context, resolve_precision
 from quatrix.validation import float_in, int_at_least, nonnegative_float, nonnegative_int, positive_int
 
 
@@ -108,8 +108,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     def show(ids: list[int]) -> str:
         return tokenizer.decode(ids) if tokenizer is not None and not args.ids else " ".join(map(str, ids)) + " "
-
-    from quatrix.precision import autocast_context, resolve_precision
 
     rows: list[list[int]] = [[] for _ in range(args.num_samples)]
     shown = ""

@@ -4,7 +4,7 @@ The engine works on token ids only; tokenization lives elsewhere. Prefill and de
 through the model's own forward (`model(..., cache=cache)`): one pass over the prompt (and
 image / audio prefix) fills the cache, then one token per step.
 
-Cache layouts, floats per token per layer (docs/design.md §1):
+Cache layouts, floats per token per layer (docs/design.md §3):
   Q-Compass (raw x)  action (r) + the block's normed input x (H)   H + r
   SAVO               action (r) + qval (r); gathered in rank r      2r
   mha / mha_rank     K + V                                         2H / 2r
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from quatrix.blocks import make_mixer
 from quatrix.config import QuatrixConfig
+from quatrix.validation import check_token_ids
 
 
 class LayerCache:
@@ -54,9 +55,9 @@ class LayerCache:
 
 
 class Cache:
-    """The whole model's cache (a quatrix.cache.ModelCache): one LayerCache per block, plus which cached slots hold real
-    tokens (left padding does not) and how many text tokens each row has seen (its next
-    position id).
+    """The whole model's cache (a quatrix.cache.ModelCache): one LayerCache per block, plus
+    which cached slots hold real tokens (left padding does not) and how many text tokens
+    each row has seen (its next position id).
 
     Room is `max_text_len` text tokens plus the image / audio prefix of the first forward;
     the layers are allocated then, when the prefix length is known."""
@@ -237,7 +238,7 @@ def stream(
         if not bool(mask.any(1).all()):
             raise ValueError("a prompt is empty after truncation")
     device = next(model.parameters()).device
-    check_prompt_ids(ids, cfg.vocab_size)
+    check_token_ids("prompts", ids, cfg.vocab_size, cfg.max_seq_len)  # once, on the host (ids are on the CPU here)
     ids, mask = ids.to(device), mask.to(device)
     stop = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
     was_training = model.training
@@ -263,13 +264,6 @@ def stream(
             logits = model(tokens[:, None], cache=cache, check_values=False)["logits"][:, -1]
     finally:
         model.train(was_training)
-
-
-def check_prompt_ids(ids: Tensor, vocab_size: int) -> None:
-    """Every prompt id inside the vocabulary (checked once, on the host, at the engine's entry)."""
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"prompt contains token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab_size})")
 
 
 def generate(model, prompts, max_new_tokens: int, **kwargs) -> Generation:

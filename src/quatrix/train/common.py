@@ -254,13 +254,12 @@ def restore(checkpoint: Path, model: torch.nn.Module, optimizers, loader, config
     the step it was taken at. Refuses a checkpoint of another model configuration."""
     from quatrix.model import QuatrixLM
 
-    verify_checkpoint(checkpoint)
+    state = load_checkpoint_state(checkpoint)  # checks every file against the manifest first
     saved = QuatrixLM.from_pretrained(checkpoint)
     if saved.config != config:
         changed = sorted(k for k, v in saved.config.to_dict().items() if config.to_dict()[k] != v)
         raise ValueError(f"--resume: the checkpoint's model differs from this run's flags in {', '.join(changed)}")
     model.load_state_dict(saved.state_dict())
-    state = load_checkpoint_state(checkpoint)
     if len(state["optimizers"]) != len(optimizers):
         raise ValueError(f"--resume: the checkpoint has {len(state['optimizers'])} optimizer(s), this run "
                          f"{len(optimizers)}; resume with the same --optimizer")
