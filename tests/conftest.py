@@ -19,3 +19,27 @@ def tiny_config(**overrides) -> QuatrixConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+TASK = "chain_sum:min_terms=2,max_terms=2,max_digits=1"  # the small task the stage tests train on
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory):
+    """A tiny model saved with a small BPE tokenizer that knows the chat format and TASK's
+    text: what `quatrix sft`, `grpo`, `eval --task` and `chat` take as --init / --ckpt."""
+    from quatrix import QuatrixLM
+    from quatrix.tasks import task_from_spec
+    from quatrix.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("chat_checkpoint")
+    task = task_from_spec(TASK)
+    texts, index = [], 0
+    for _ in range(200):
+        item, index = task.train_item(index)
+        texts += [item.question, task.target(item), task.prompt(item)[0]["content"]]
+    tokenizer = train_tokenizer(texts + ["hello there, how are you today? I am fine."] * 5, 320)
+    model = QuatrixLM(tiny_config(vocab_size=tokenizer.vocab_size, max_seq_len=128))
+    model.save_pretrained(root)
+    tokenizer.save(root)
+    return root

@@ -11,6 +11,7 @@ from pathlib import Path
 from quatrix.config import MIXERS, PRESETS
 from quatrix.precision import PRECISIONS, autocast_context, resolve_precision
 from quatrix.validation import float_in, int_at_least, nonnegative_float, nonnegative_int, positive_int
+from quatrix.validation import positive_float as positive_float_arg
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -175,15 +176,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(pre)
 
-    ev = sub.add_parser("eval", help="perplexity and bits per byte of a checkpoint on a corpus")
+    ev = sub.add_parser("eval", help="perplexity of a checkpoint on a corpus, or its accuracy on a task")
     ev.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
-    ev.add_argument("--data", action="append", required=True, help="named corpus or path (repeatable)")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", action="append", help="named corpus or path (repeatable): perplexity")
+    what.add_argument("--task", help="NAME[:key=value,...] (a reasoning-gym task or visual_qa): accuracy on its "
+                                     "held-out items")
     ev.add_argument("--split", choices=["val", "train", "all"], default="val")
     ev.add_argument("--seq-len", type=int_at_least(2), default=128)
     ev.add_argument("--batch-size", type=positive_int, default=16)
     ev.add_argument("--max-batches", type=positive_int, default=None)
     ev.add_argument("--cache-dir", default=".token_cache")
+    ev.add_argument("--n", type=positive_int, default=200, help="--task: held-out items")
+    ev.add_argument("--pass-k", type=positive_int, default=None, help="--task: also pass@k from k samples per item")
+    ev.add_argument("--temperature", type=positive_float_arg, default=1.0, help="--task: sampling for pass@k")
+    ev.add_argument("--max-new-tokens", type=positive_int, default=64, help="--task: tokens per answer")
+    ev.add_argument("--seed", type=nonnegative_int, default=0)
+    ev.add_argument("--precision", choices=PRECISIONS, default="fp32")
     ev.add_argument("--json", action="store_true")
+
+    sft = sub.add_parser("sft", help="supervised finetuning on conversations (stage 2)")
+    from quatrix.train.sft import add_arguments as add_sft_arguments
+
+    add_sft_arguments(sft)
+
+    grpo = sub.add_parser("grpo", help="GRPO on a task with verifiable answers (stage 3)")
+    from quatrix.train.grpo import add_arguments as add_grpo_arguments
+
+    add_grpo_arguments(grpo)
+
+    chat = sub.add_parser("chat", help="talk to a checkpoint (one user turn per line from a pipe)")
+    chat.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
+    chat.add_argument("--system", help="system message")
+    chat.add_argument("--max-new-tokens", type=positive_int, default=128)
+    chat.add_argument("--temperature", type=nonnegative_float, default=0.7, help="0 = greedy")
+    chat.add_argument("--top-k", type=nonnegative_int, default=0, help="0 = off")
+    chat.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=0.95, help="1.0 = off")
+    chat.add_argument("--seed", type=nonnegative_int, default=0)
+    chat.add_argument("--precision", choices=PRECISIONS, default="fp32")
+
+    tasks = sub.add_parser("tasks", help="list the tasks eval, sft and grpo accept")
+    tasks.add_argument("--show", metavar="TASK", help="print a few training items of TASK[:key=value,...]")
 
     abl = sub.add_parser("ablate", help="multi-seed comparison of Q-Compass variants against attention")
     from quatrix.train.ablate import add_arguments as add_ablate_arguments
@@ -211,9 +244,25 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return ablate(args)
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from quatrix.train.sft import main as sft
+
+    return sft(args)
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from quatrix.train.grpo import main as grpo
+
+    return grpo(args)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Perplexity (and bits per byte, comparable across tokenizers) of a checkpoint."""
+    """Perplexity (and bits per byte, comparable across tokenizers) of a checkpoint, or its
+    accuracy on a task's held-out items."""
     from quatrix.eval.perplexity import evaluate_checkpoint
+
+    if args.task:
+        return eval_task(args)
 
     result = evaluate_checkpoint(args.ckpt, args.data, args.split, args.seq_len, args.batch_size, args.max_batches,
                                  args.cache_dir)
@@ -222,6 +271,93 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{'+'.join(args.data)} ({args.split}): loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
               f"bits/byte {result['bits_per_byte']:.4f}  over {result['tokens']:,} tokens")
+    return 0
+
+
+def eval_task(args: argparse.Namespace) -> int:
+    from quatrix.eval.tasks import evaluate_task
+    from quatrix.tasks import task_from_spec
+    from quatrix.tokenizer import load_model_and_tokenizer
+
+    task = task_from_spec(args.task, args.seed)
+    model, tokenizer = load_model_and_tokenizer(args.ckpt)
+    device = str(next(model.parameters()).device)
+    with autocast_context(device, resolve_precision(args.precision, device)):
+        result = evaluate_task(model, tokenizer, task, args.n, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, pass_k=args.pass_k, temperature=args.temperature,
+                               seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    low, high = result["ci95"]
+    print(f"{args.task}: accuracy {result['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {args.n} held-out items; "
+          f"format {result['format_rate']:.3f}; mean completion {result['mean_completion_tokens']:.1f} tokens")
+    for kind, accuracy in result.get("accuracy_by_kind", {}).items():
+        print(f"  {kind:>10}: {accuracy:.3f}")
+    if args.pass_k:
+        print(f"pass@{args.pass_k}: {result[f'pass@{args.pass_k}']:.3f} (temperature {args.temperature:g})")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Multi-turn chat: a line is a user turn; /reset, /system TEXT, /quit. Reads a pipe too."""
+    from quatrix.session import ChatSession
+    from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer
+
+    if not has_tokenizer(args.ckpt):
+        raise FileNotFoundError(f"{args.ckpt}: no tokenizer saved beside the model; chat needs one")
+    model, tokenizer = load_model_and_tokenizer(args.ckpt)
+    session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    interactive = sys.stdin.isatty()
+    device = str(next(model.parameters()).device)
+    if interactive:
+        print("quatrix chat: /reset clears the conversation, /system TEXT sets the system message, /quit leaves")
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            print("(conversation cleared)")
+            continue
+        if line.startswith("/system"):
+            session.set_system(line[len("/system"):])
+            session.reset()
+            print(f"(system message {'set' if session.system else 'cleared'}; conversation cleared)")
+            continue
+        if line.startswith("/"):
+            print(f"(unknown command {line.split()[0]}; try /reset, /system TEXT, /quit)")
+            continue
+        if interactive:
+            print("quatrix> ", end="", flush=True)
+        try:
+            with autocast_context(device, resolve_precision(args.precision, device)):
+                for piece in session.reply(line):
+                    print(piece, end="", flush=True)
+        except ValueError as e:
+            print(f"(error: {e})", end="")
+        print(flush=True)
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from quatrix.tasks import task_from_spec, task_names
+
+    if not args.show:
+        print("\n".join(task_names()))
+        return 0
+    task = task_from_spec(args.show)
+    index = 0
+    for _ in range(3):
+        item, index = task.train_item(index)
+        print(f"Q: {item.question}\nA: {task.target(item)}\n")
     return 0
 
 
@@ -238,7 +374,8 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "pretrain": cmd_pretrain, "eval": cmd_eval,
-            "tokenizer": cmd_tokenizer, "ablate": cmd_ablate}
+            "tokenizer": cmd_tokenizer, "ablate": cmd_ablate, "sft": cmd_sft, "grpo": cmd_grpo, "chat": cmd_chat,
+            "tasks": cmd_tasks}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,8 +12,8 @@ Cache layouts, floats per token per layer (docs/design.md §3):
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -210,13 +210,15 @@ def stream(
     pixel_values: Tensor | None = None,
     mel_values: Tensor | None = None,
     truncate: bool = False,
+    stats: dict | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (tokens [N], active [N]) once per step, as CPU tensors, N = len(prompts) *
     num_samples (the samples of prompt b are rows b*num_samples ...). Each decode step pays
     one device-to-host transfer, this one. A row is inactive once it has produced
     a stop token; its later entries are padding. Prompts longer than max_seq_len -
     max_new_tokens raise, or with truncate=True keep their last tokens. Sampling:
-    temperature 0 is greedy; top_k 0 and top_p 1.0 are off; `generator` seeds it.
+    temperature 0 is greedy; top_k 0 and top_p 1.0 are off; `generator` seeds it. A
+    `stats` dict receives the cache's size in bytes ("cache_bytes") once it is allocated.
     """
     sampling = Sampling(temperature, top_k, top_p)
     cfg = model.config
@@ -251,6 +253,8 @@ def stream(
         if num_samples > 1:
             cache.repeat_interleave(num_samples)
             logits = logits.repeat_interleave(num_samples, dim=0)
+        if stats is not None:
+            stats["cache_bytes"] = cache.nbytes
         active = torch.ones(logits.shape[0], dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             tokens = torch.where(active, sample_next(logits, sampling, generator), 0)

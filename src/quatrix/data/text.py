@@ -16,8 +16,8 @@ import json
 import os
 import sys
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -51,17 +51,19 @@ def shakespeare() -> list[str]:
     )
 
 
-def chitchat() -> list[str]:
+def chitchat_dialogues() -> list[list[str]]:
+    """The chitchat corpus: per conversation, its turns (each speaker's consecutive messages joined)."""
     spec = importlib.util.find_spec("chitchat_dataset")
     if spec is None:
         raise FileNotFoundError("the chitchat corpus needs `pip install chitchat-dataset==0.9.0`")
     path = Path(list(spec.submodule_search_locations)[0]) / "dataset.json"
     conversations = json.loads(path.read_text())
-    docs = []
-    for key in sorted(conversations):
-        turns = [" ".join(m["text"] for m in turn) for turn in conversations[key]["messages"]]
-        docs.append("\n".join(turns))
-    return docs
+    return [[" ".join(m["text"] for m in turn) for turn in conversations[key]["messages"]]
+            for key in sorted(conversations)]
+
+
+def chitchat() -> list[str]:
+    return ["\n".join(turns) for turns in chitchat_dialogues()]
 
 
 CORPORA = {"shakespeare": shakespeare, "chitchat": chitchat}

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,83 @@ def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> float:
     return optimizers[-1].param_groups[0]["lr"]
 
 
+# ---------------------------------------------------------------------- flags every stage shares
+def add_run_arguments(p, *, steps: int, lr: float, warmup: int, eval_every: int, save_every: int, out: str,
+                      batch_size: int | None = None, seq_len: int | None = None, weight_decay: float = 0.1,
+                      batch_help: str = "sequences per step per process") -> None:
+    """Optimisation, checkpoint, resume, device and precision flags, with each stage's
+    defaults; the batch flags only where the stage has batches of a fixed shape (batch_size)."""
+    from quatrix.validation import int_at_least, nonnegative_float, nonnegative_int, positive_float, positive_int
+
+    p.add_argument("--steps", type=positive_int, default=steps, help="optimizer steps in all")
+    if batch_size is not None:
+        p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"{batch_help} (before accumulation)")
+        p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+        p.add_argument("--seq-len", type=int_at_least(2), default=seq_len)
+    p.add_argument("--lr", type=positive_float, default=lr)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
+    p.add_argument("--warmup", type=nonnegative_int, default=warmup, help="linear warmup steps (at most --steps)")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
+    p.add_argument("--eval-every", type=nonnegative_int, default=eval_every,
+                   help="validate every N steps and at the end (0: only at the end)")
+    p.add_argument("--save-every", type=nonnegative_int, default=save_every,
+                   help="checkpoint every N steps and at the end (0: only at the end)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--out", default=out)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT exactly, from its last checkpoint (from step 0 if it was killed "
+                        "before its first checkpoint)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast where the device has native bf16 (CUDA with bf16, a CPU with AMX or "
+                        "AVX-512-BF16), else fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--grad-checkpointing", action="store_true")
+
+
+def check_run_arguments(args) -> None:
+    """What the flag types cannot see alone (they already refuse 0, negative and NaN values)."""
+    if args.warmup > args.steps:
+        raise ValueError(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
+    if args.resume and not Path(args.out).is_dir():
+        raise FileNotFoundError(f"--resume: no run to continue at {args.out}")
+
+
+def run_device(args, d: Dist) -> str:
+    return f"cuda:{d.local_rank}" if args.device.startswith("cuda") and d.world_size > 1 else args.device
+
+
+def resume_point(args, out: Path, d: Dist, stage: str) -> Path | None:
+    """The checkpoint to continue from (after repairing a swap a kill interrupted), or None.
+
+    A run killed before its first checkpoint restarts from step 0 under --resume: it is the
+    same run, and the seed makes its first steps identical."""
+    if not args.resume:
+        return None
+    if d.is_main:
+        recover_checkpoint(out)
+    d.barrier()
+    checkpoint = out / CHECKPOINT_DIR
+    if checkpoint.is_dir():
+        return checkpoint
+    if d.is_main:
+        print(f"{stage}: --resume: {out} holds no checkpoint yet; starting from step 0", file=sys.stderr)
+    return None
+
+
+def prepare_run(args, d: Dist, out: Path, stage: str) -> tuple[str, Path | None]:
+    """Device, resume point, precision and threads (a resumed run keeps its own), seeds.
+    Returns (device, checkpoint to resume from or None)."""
+    device = run_device(args, d)
+    checkpoint = resume_point(args, out, d, stage)
+    numerics = checkpoint_numerics(checkpoint)
+    args.precision_resolved = resume_precision(args.precision, device, numerics.get("precision"))
+    out.mkdir(parents=True, exist_ok=True)
+    pin_threads(numerics.get("threads"))
+    seed_everything(args.seed)
+    return device, checkpoint
+
+
 # ---------------------------------------------------------------------- set-up and steps
 PLUGIN_SOURCES = {"vision": "image", "audio": "audio", "world": None}  # plugin -> the data source that feeds it
 
@@ -188,13 +266,16 @@ def wrap_model(model: torch.nn.Module, compile: bool, d: Dist, device: str, unev
     return model
 
 
-def accumulate_gradients(train_model, loader, step: int, grad_accum: int, d: Dist, device: str, autocast) -> tuple[str, Tensor]:
+def accumulate_gradients(train_model, loader, step: int, grad_accum: int, d: Dist, device: str,
+                         autocast) -> tuple[str, Tensor, int]:
     """Forward and backward over `grad_accum` micro-batches of this step's source; under DDP
-    the gradients are all-reduced once, with the last micro-batch. Returns the source and
-    the step's mean loss (a device tensor: no host sync here)."""
+    the gradients are all-reduced once, with the last micro-batch. Returns the source, the
+    step's mean loss (a device tensor: no host sync here) and the tokens this process fed."""
     loss_sum = torch.zeros((), device=device)
+    tokens = 0
     for micro in range(grad_accum):
         source, batch = loader.next_batch(step)
+        tokens += batch["input_ids"].numel()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         defer_sync = d.world_size > 1 and micro < grad_accum - 1
         with train_model.no_sync() if defer_sync else contextlib.nullcontext():  # one context per micro-batch
@@ -202,7 +283,47 @@ def accumulate_gradients(train_model, loader, step: int, grad_accum: int, d: Dis
                 loss = train_model(**batch, check_values=False)["loss"] / grad_accum
             loss.backward()
         loss_sum += loss.detach()
-    return source, loss_sum
+    return source, loss_sum, tokens
+
+
+def train_loop(args, d: Dist, device: str, out: Path, model, train_model, tokenizer, optimizers, loader, metrics,
+               start: int, *, stage: str, evaluate, extra=None) -> int:
+    """Steps start+1 .. --steps: train, log, validate, checkpoint. `evaluate()` returns the
+    validation record (every --eval-every steps and at the end); `extra()` more fields for
+    every step's record. 0 when done, 1 when the loss went non-finite (the last good
+    checkpoint is kept)."""
+    from tqdm import tqdm
+
+    autocast = autocast_context(device, args.precision_resolved)
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not d.is_main, desc=stage)
+    last_saved = start
+    for step in bar:
+        t0 = time.perf_counter()
+        lr = set_lr(optimizers, lr_factor(step, args.warmup, args.steps))
+        source, loss, tokens = accumulate_gradients(train_model, loader, step, args.grad_accum, d, device, autocast)
+        loss_value, grad_norm = optimizer_step(model, optimizers, loss, d)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            bar.close()
+            what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {grad_norm}"
+            print(f"{stage}: {what} at step {step + 1}; stopping without that update. The last good checkpoint "
+                  f"(step {last_saved}) is in {out / CHECKPOINT_DIR}; lower --lr or check the data.", file=sys.stderr)
+            return 1
+        done = step + 1
+        record = {"step": done, "loss": loss_value, "source": source, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": tokens * d.world_size / (time.perf_counter() - t0), **(extra() if extra else {})}
+        if due(done, args.eval_every, args.steps):
+            record.update(evaluate())
+        if d.is_main:
+            metrics.log(record)
+            bar.set_postfix(loss=f"{loss_value:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
+        if args.stop_after is not None and done >= args.stop_after:
+            return 0  # as if killed: no checkpoint for this step
+        if due(done, args.save_every, args.steps):
+            if d.is_main:
+                save_checkpoint(out, model, tokenizer, optimizers, done, loader.state_dict(), vars(args))
+            last_saved = done
+            d.barrier()
+    return 0
 
 
 def optimizer_step(model: torch.nn.Module, optimizers, loss: Tensor, d: Dist) -> tuple[float, float]:

@@ -11,13 +11,9 @@ or many GPUs through torchrun (DistributedDataParallel, each rank its own data s
 from __future__ import annotations
 
 import argparse
-import math
-import sys
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from quatrix.config import MIXERS, PRESETS, QuatrixConfig, preset
 from quatrix.data.images import ImageTextLoader, ImageTextSource
@@ -27,7 +23,7 @@ from quatrix.eval.perplexity import evaluate_tokens
 from quatrix.model import QuatrixLM
 from quatrix.tokenizer import load_tokenizer
 from quatrix.train import common
-from quatrix.validation import int_at_least, nonnegative_float, nonnegative_int, positive_float, positive_int
+from quatrix.validation import nonnegative_int, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,30 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixture", help="source weights per step, e.g. text=0.7,image=0.3 (default with "
                                      "--image-data: text=0.7,image=0.3; else text only)")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a trained tokenizer directory")
-    p.add_argument("--steps", type=positive_int, default=300, help="optimizer steps in all")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step per process (before accumulation)")
-    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--seq-len", type=int_at_least(2), default=128)
-    p.add_argument("--lr", type=positive_float, default=3e-3)
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.1)
-    p.add_argument("--warmup", type=nonnegative_int, default=20, help="linear warmup steps (at most --steps)")
-    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
-    p.add_argument("--eval-every", type=nonnegative_int, default=100,
-                   help="validate every N steps and at the end (0: only at the end)")
+    common.add_run_arguments(p, steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=20, eval_every=100,
+                             save_every=100, out="runs/pretrain")
     p.add_argument("--eval-batches", type=positive_int, default=20)
-    p.add_argument("--save-every", type=nonnegative_int, default=100,
-                   help="checkpoint every N steps and at the end (0: only at the end)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--out", default="runs/pretrain")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT exactly, from its last checkpoint (from step 0 if it was killed "
-                        "before its first checkpoint)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=common.PRECISIONS, default="auto",
-                   help="auto: bf16 autocast where the device has native bf16 (CUDA with bf16, a CPU with AMX or "
-                        "AVX-512-BF16), else fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--cache-dir", default=None, help="token cache (default: OUT/../.token_cache)")
     p.add_argument("--sample-tokens", type=nonnegative_int, default=48,
                    help="generate this many tokens at the end (0: none)")
@@ -75,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    check_arguments(args)
+    common.check_run_arguments(args)
     d = common.setup_distributed(args.device)
     try:
         return run(args, d)
@@ -83,27 +58,13 @@ def main(args: argparse.Namespace) -> int:
         common.teardown_distributed(d)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """What the flag types cannot see alone (they already refuse 0, negative and NaN values)."""
-    if args.warmup > args.steps:
-        raise ValueError(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
-    if args.resume and not Path(args.out).is_dir():
-        raise FileNotFoundError(f"--resume: no run to continue at {args.out}")
-
-
 def run(args: argparse.Namespace, d: common.Dist) -> int:
     # ---------------------------------------------------------------- set-up
-    device = f"cuda:{d.local_rank}" if args.device.startswith("cuda") and d.world_size > 1 else args.device
     out = Path(args.out)
     weights = parse_mixture(args.mixture or ("text=0.7,image=0.3" if args.image_data else "text=1"))
     if "image" in weights and not args.image_data:
         raise ValueError("--mixture uses image data: give --image-data (clevr, digits or a path)")
-    checkpoint = resume_point(args, out, d)
-    numerics = common.checkpoint_numerics(checkpoint)  # a resumed run keeps its threads and precision
-    args.precision_resolved = common.resume_precision(args.precision, device, numerics.get("precision"))
-    out.mkdir(parents=True, exist_ok=True)
-    common.pin_threads(numerics.get("threads"))
-    common.seed_everything(args.seed)
+    device, checkpoint = common.prepare_run(args, d, out, "pretrain")
 
     # ---------------------------------------------------------------- tokenizer and model
     tokenizer = load_tokenizer(args.tokenizer)
@@ -123,8 +84,13 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
     metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
 
     # ---------------------------------------------------------------- loop
-    status = train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, loader, val_tokens, metrics,
-                        start)
+    def evaluate() -> dict:
+        val = evaluate_tokens(model, val_tokens, args.seq_len, args.batch_size, max_batches=args.eval_batches,
+                              device=device)
+        return {"val_loss": val["loss"], "val_perplexity": val["perplexity"]}
+
+    status = common.train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, loader, metrics, start,
+                               stage="pretrain", evaluate=evaluate)
 
     # ---------------------------------------------------------------- save
     if d.is_main:
@@ -132,24 +98,6 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
         if status == 0 and args.stop_after is None:
             report(args, out, model, tokenizer, val_tokens, metrics.path, device)
     return status
-
-
-def resume_point(args, out: Path, d: common.Dist) -> Path | None:
-    """The checkpoint to continue from (after repairing a swap a kill interrupted), or None.
-
-    A run killed before its first checkpoint restarts from step 0 under --resume: it is the
-    same run, and the seed makes its first steps identical."""
-    if not args.resume:
-        return None
-    if d.is_main:
-        common.recover_checkpoint(out)
-    d.barrier()
-    checkpoint = out / common.CHECKPOINT_DIR
-    if checkpoint.is_dir():
-        return checkpoint
-    if d.is_main:
-        print(f"pretrain: --resume: {out} holds no checkpoint yet; starting from step 0", file=sys.stderr)
-    return None
 
 
 def model_config(args, vocab_size: int, weights: dict[str, float]) -> QuatrixConfig:
@@ -182,46 +130,6 @@ def build_data(args, tokenizer, config: QuatrixConfig, weights: dict[str, float]
         loaders["image"] = ImageTextLoader(images, tokenizer, args.seq_len, args.batch_size, args.seed, d.rank,
                                            d.world_size)
     return Mixture(loaders, weights, args.seed), val_tokens
-
-
-def train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, loader, val_tokens, metrics,
-               start: int) -> int:
-    """Steps start+1 .. --steps: train, log, validate, checkpoint. 0 when done, 1 when the
-    loss went non-finite (the last good checkpoint is kept)."""
-    tokens_per_step = args.batch_size * args.grad_accum * args.seq_len * d.world_size
-    autocast = common.autocast_context(device, args.precision_resolved)
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not d.is_main, desc="pretrain")
-    last_saved = start
-    for step in bar:
-        t0 = time.perf_counter()
-        lr = common.set_lr(optimizers, common.lr_factor(step, args.warmup, args.steps))
-        source, loss = common.accumulate_gradients(train_model, loader, step, args.grad_accum, d, device, autocast)
-        loss_value, grad_norm = common.optimizer_step(model, optimizers, loss, d)
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            bar.close()
-            what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {grad_norm}"
-            print(f"pretrain: {what} at step {step + 1}; stopping without that update. The last good checkpoint "
-                  f"(step {last_saved}) is in {out / common.CHECKPOINT_DIR}; lower --lr or check the data.",
-                  file=sys.stderr)
-            return 1
-        done = step + 1
-        record = {"step": done, "loss": loss_value, "source": source, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
-        if common.due(done, args.eval_every, args.steps):
-            val = evaluate_tokens(model, val_tokens, args.seq_len, args.batch_size, max_batches=args.eval_batches,
-                                  device=device)
-            record.update(val_loss=val["loss"], val_perplexity=val["perplexity"])
-        if d.is_main:
-            metrics.log(record)
-            bar.set_postfix(loss=f"{loss_value:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
-        if args.stop_after is not None and done >= args.stop_after:
-            return 0  # as if killed: no checkpoint for this step
-        if common.due(done, args.save_every, args.steps):
-            if d.is_main:
-                common.save_checkpoint(out, model, tokenizer, optimizers, done, loader.state_dict(), vars(args))
-            last_saved = done
-            d.barrier()
-    return 0
 
 
 def report(args, out: Path, model, tokenizer, val_tokens, metrics_path: Path, device: str) -> None:

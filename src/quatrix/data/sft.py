@@ -1,0 +1,194 @@
+"""Conversations for supervised finetuning, rendered by the one chat format into
+(ids, loss mask) examples and served as right-padded batches.
+
+Sources (`quatrix sft --data SOURCE`):
+  PATH.jsonl         one {"messages": [...]} per line (a user turn may carry "image": a path,
+                     relative to the file)
+  chitchat           the chitchat-dataset's conversations, cut into runs of up to six turns
+                     (the first speaker is the user)
+  task:NAME[:k=v,..] an endless stream of a task's training items (quatrix.tasks), each a
+                     conversation ending in its worked solution or answer
+
+A conversation is never split: one longer than --seq-len is skipped and counted (finite
+sources report the count when they load; task streams in the metrics, as `skipped`).
+1 conversation in 20 of a finite source (by a hash of its text) is held out for validation;
+a task's validation conversations are its held-out items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quatrix.chat import render
+from quatrix.data.conversations import read_conversations
+
+VALIDATION_EVERY = 20
+CHITCHAT_TURNS = 6
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    mask: list[int]
+    image: object = None  # a [3, S, S] tensor, an image path, or None
+
+
+def render_example(messages: list[dict], tokenizer) -> Example:
+    ids, mask = render(messages, tokenizer, need_assistant=True)
+    images = [m["image"] for m in messages if m.get("image") is not None]
+    if len(images) > 1:
+        raise ValueError("a conversation can carry at most one image (the model takes one image prefix)")
+    if any(m.get("audio") is not None for m in messages):
+        raise ValueError("audio turns are not supported by supervised finetuning yet")
+    return Example(ids, mask, images[0] if images else None)
+
+
+def collate(examples: list[Example], pad_id: int, image_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and labels [B, L] (L = the longest example; labels -100 off the
+    loss mask and on padding), and pixel_values [B, 3, S, S] when the examples carry images."""
+    from quatrix.vision import load_image
+
+    L = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    for i, e in enumerate(examples):
+        row = torch.tensor(e.ids)
+        ids[i, : len(e.ids)] = row
+        labels[i, : len(e.ids)] = torch.where(torch.tensor(e.mask, dtype=torch.bool), row, -100)
+    batch = {"input_ids": ids, "labels": labels}
+    with_image = [e.image is not None for e in examples]
+    if any(with_image):
+        if not all(with_image):
+            raise ValueError("a batch mixes conversations with and without images")
+        batch["pixel_values"] = torch.stack([e.image if isinstance(e.image, torch.Tensor) else
+                                             load_image(e.image, image_size) for e in examples])
+    return batch
+
+
+def is_validation(messages: list[dict]) -> bool:
+    text = json.dumps(messages, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") % VALIDATION_EVERY == 0
+
+
+def chitchat_conversations() -> list[list[dict]]:
+    """The chitchat corpus as user/assistant conversations of up to CHITCHAT_TURNS turns."""
+    from quatrix.data.text import chitchat_dialogues
+
+    conversations = []
+    for turns in chitchat_dialogues():
+        for start in range(0, len(turns) - 1, CHITCHAT_TURNS):
+            run = [t for t in turns[start : start + CHITCHAT_TURNS] if t.strip()]
+            if len(run) >= 2:
+                conversations.append([{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(run)])
+    return conversations
+
+
+class ConversationSource:
+    """A finite list of conversations (a file, chitchat) or a task's endless stream."""
+
+    def __init__(self, spec: str, tokenizer, seq_len: int, seed: int = 0, log=None):
+        self.spec, self.tokenizer, self.seq_len, self.seed = spec, tokenizer, seq_len, seed
+        log = log or (lambda message: print(message, file=sys.stderr))
+        self.task = None
+        if spec.startswith("task:"):
+            from quatrix.tasks import task_from_spec
+
+            self.task = task_from_spec(spec[len("task:"):], seed)
+            return
+        if spec == "chitchat":
+            conversations = chitchat_conversations()
+        elif Path(spec).suffix == ".jsonl" or Path(spec).is_file():
+            conversations = read_conversations(spec)
+            conversations = [_resolve_images(c, Path(spec).parent) for c in conversations]
+        else:
+            raise FileNotFoundError(f"SFT data not found: {spec} (a .jsonl file, chitchat, or task:NAME)")
+        train, val, skipped = [], [], 0
+        for messages in conversations:
+            example = render_example(messages, tokenizer)
+            if len(example.ids) > seq_len:
+                skipped += 1
+                continue
+            (val if is_validation(messages) else train).append(example)
+        if skipped:
+            log(f"sft: {spec}: skipped {skipped} of {len(conversations)} conversations longer than {seq_len} tokens")
+        if not train:
+            raise ValueError(f"{spec}: no conversation fits in {seq_len} tokens (raise --seq-len)")
+        kinds = {e.image is not None for e in train + val}
+        if len(kinds) > 1:
+            raise ValueError(f"{spec}: either every conversation carries an image or none does")
+        self.train, self.val, self.skipped = train, val, skipped
+
+    def validation(self, n: int) -> list[Example]:
+        if self.task is None:
+            return self.val[:n]
+        examples = [render_example(self.task.conversation(item), self.tokenizer) for item in self.task.eval_items(n)]
+        return [e for e in examples if len(e.ids) <= self.seq_len]
+
+
+def _resolve_images(messages: list[dict], root: Path) -> list[dict]:
+    out = []
+    for m in messages:
+        if isinstance(m.get("image"), str):
+            path = Path(m["image"]) if Path(m["image"]).is_absolute() else root / m["image"]
+            if not path.is_file():
+                raise FileNotFoundError(f"image not found: {path}")
+            m = {**m, "image": str(path)}
+        out.append(m)
+    return out
+
+
+class SFTLoader:
+    """Batches of one source in a seeded, resumable order. Finite sources are reshuffled
+    every epoch and rank r takes its rows of each global batch; a task stream gives rank r
+    its own range of item indices. The position is plain data (`state_dict`)."""
+
+    RANK_STRIDE = 1 << 40  # task items per rank: the ranks' ranges never meet
+
+    def __init__(self, source: ConversationSource, batch_size: int, pad_id: int, image_size: int | None = None,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.source, self.batch_size, self.pad_id, self.image_size = source, batch_size, pad_id, image_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        if source.task is None and len(source.train) < batch_size * world_size:
+            raise ValueError(f"{source.spec}: {len(source.train)} training conversations, fewer than one batch of "
+                             f"{batch_size * world_size}")
+        self.epoch, self.cursor, self.index, self.skipped = 0, 0, rank * self.RANK_STRIDE, 0
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        return collate(self._task_examples() if self.source.task else self._file_examples(), self.pad_id,
+                       self.image_size)
+
+    def _file_examples(self) -> list[Example]:
+        rows = self.batch_size * self.world_size
+        if self.cursor + rows > len(self.source.train):
+            self.epoch, self.cursor = self.epoch + 1, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source.train))
+        start = self.cursor + self.rank * self.batch_size
+        self.cursor += rows
+        return [self.source.train[int(i)] for i in order[start : start + self.batch_size]]
+
+    def _task_examples(self) -> list[Example]:
+        examples = []
+        for _ in range(100 * self.batch_size):
+            item, self.index = self.source.task.train_item(self.index)
+            example = render_example(self.source.task.conversation(item), self.source.tokenizer)
+            if len(example.ids) > self.source.seq_len:
+                self.skipped += 1
+                continue
+            examples.append(example)
+            if len(examples) == self.batch_size:
+                return examples
+        raise ValueError(f"{self.source.spec}: almost every item is longer than {self.source.seq_len} tokens "
+                         "(raise --seq-len or make the task easier)")
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "index": self.index, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self.index, self.skipped = (state[k] for k in ("epoch", "cursor", "index", "skipped"))

@@ -1,0 +1,121 @@
+"""Accuracy on a task's held-out items: greedy by default, pass@k on request.
+
+`complete` is also how GRPO samples its rollouts, so evaluation and training generate the
+same way: the one chat format, one shared prefill per prompt, a stop at <|end|>."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from quatrix.chat import END, render
+from quatrix.engine import generate
+from quatrix.tasks.rewards import DEFAULT_WEIGHTS, Scored, score_completion
+
+
+@dataclass
+class Completions:
+    """G completions per item, item by item: row i*G + j is item i's j-th sample."""
+
+    tokens: list[list[int]]
+    texts: list[str]
+    truncated: list[bool]  # ran out of tokens before <|end|>
+    prompt_ids: list[list[int]]  # one per item
+    seconds: float
+    cache_bytes: int
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(t) + (not cut) for t, cut in zip(self.tokens, self.truncated))
+
+
+def prompt_batch(task, items, tokenizer, config):
+    """Rendered prompts (with the assistant opening) and the items' images ([B, 3, S, S] or None)."""
+    prompts = [render(task.prompt(item), tokenizer, add_generation_prompt=True)[0] for item in items]
+    images = [item.image for item in items]
+    if any(image is not None for image in images):
+        if not config.use_vision:
+            raise ValueError(f"task {task.name} asks about images, but this model has no vision encoder")
+        pixels = torch.stack(images)
+    else:
+        pixels = None
+    return prompts, pixels
+
+
+def complete(model, tokenizer, task, items, *, num_samples: int = 1, max_new_tokens: int = 64,
+             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Completions:
+    prompts, pixels = prompt_batch(task, items, tokenizer, model.config)
+    device = next(model.parameters()).device
+    stats: dict = {}
+    start = time.perf_counter()
+    out = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, num_samples=num_samples,
+                   stop_token_ids=[tokenizer.token_id(END)], generator=generator, stats=stats,
+                   pixel_values=None if pixels is None else pixels.to(device))
+    seconds = time.perf_counter() - start
+    return Completions(tokens=out.tokens, texts=[tokenizer.decode(t) for t in out.tokens],
+                       truncated=[r == "length" for r in out.finish_reasons], prompt_ids=prompts,
+                       seconds=seconds, cache_bytes=stats.get("cache_bytes", 0))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% confidence interval of a proportion (Wilson score; sound near 0 and 1)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+@torch.no_grad()
+def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_new_tokens: int = 64,
+                  pass_k: int | None = None, samples: int | None = None, temperature: float = 1.0,
+                  seed: int = 0) -> dict:
+    """Greedy accuracy (full credit from the task's checker) on the first n held-out items,
+    its 95% Wilson interval, format rate, mean completion length in tokens, accuracy per
+    question kind where the task has kinds; with pass_k, pass@k from `samples` (default k)
+    samples per item at `temperature`."""
+    items = task.eval_items(n)
+    scored: list[Scored] = []
+    lengths: list[int] = []
+    passes: list[float] = []
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for start in range(0, n, batch_size):
+        chunk = items[start : start + batch_size]
+        out = complete(model, tokenizer, task, chunk, max_new_tokens=max_new_tokens)
+        scored += [score_completion(task, item, text, len(t), max_new_tokens, DEFAULT_WEIGHTS)
+                   for item, text, t in zip(chunk, out.texts, out.tokens)]
+        lengths += [len(t) for t in out.tokens]
+        if pass_k:
+            k_samples = samples or pass_k
+            sampled = complete(model, tokenizer, task, chunk, num_samples=k_samples, max_new_tokens=max_new_tokens,
+                               temperature=temperature, generator=generator)
+            for i, item in enumerate(chunk):
+                texts = sampled.texts[i * k_samples : (i + 1) * k_samples]
+                correct = sum(task.score_text(text, item) >= 1.0 for text in texts)
+                passes.append(pass_at_k(k_samples, correct, pass_k))
+    solved = sum(s.solved for s in scored)
+    low, high = wilson_interval(solved, n)
+    result = {"task": task.name, "n": n, "accuracy": solved / n, "ci95": [low, high],
+              "format_rate": sum(s.format for s in scored) / n, "mean_completion_tokens": sum(lengths) / n}
+    kinds = sorted({item.kind for item in items if item.kind})
+    if kinds:
+        result["accuracy_by_kind"] = {k: _mean([s.solved for s, it in zip(scored, items) if it.kind == k]) for k in kinds}
+    if pass_k:
+        result[f"pass@{pass_k}"] = _mean(passes)
+    return result
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")

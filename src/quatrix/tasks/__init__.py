@@ -1,0 +1,67 @@
+"""Tasks with verifiable answers, for supervised finetuning, GRPO and evaluation.
+
+    task = load_task("chain_sum", seed=0, max_terms=3, max_digits=1)   # any reasoning-gym task
+    task = load_task("visual_qa")                                     # questions about CLEVR-style scenes
+    item = task.train_item(0); messages = task.prompt(item); task.score("15", item)
+
+Every task splits its items into a training stream and a held-out set by a hash of the
+question (1 in `HELD_OUT_EVERY` questions is held out), so no held-out question is ever
+trained on, whatever the seeds and however long a run goes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+from quatrix.tasks.base import HELD_OUT_EVERY, REASONING_INSTRUCTION, Item, Task  # noqa: F401
+
+VISUAL_QA = "visual_qa"
+
+
+def task_names() -> list[str]:
+    """Every task name load_task accepts: reasoning-gym's whole registry, and visual_qa."""
+    from quatrix.tasks.reasoning import reasoning_gym_names
+
+    return sorted([*reasoning_gym_names(), VISUAL_QA])
+
+
+def load_task(name: str, *, seed: int = 0, **options: Any) -> Task:
+    """The task called `name` (a reasoning-gym dataset, or visual_qa), configured by
+    `options` (the dataset's own config fields, e.g. max_terms=3 for chain_sum)."""
+    if name == VISUAL_QA:
+        from quatrix.tasks.visual_qa import VisualQATask
+
+        return VisualQATask(seed=seed, **options)
+    from quatrix.tasks.reasoning import ReasoningGymTask, reasoning_gym_names
+
+    names = reasoning_gym_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, [*names, VISUAL_QA], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(names) + 1} tasks: see `quatrix tasks`)"
+        raise ValueError(f"unknown task {name!r}{hint}")
+    return ReasoningGymTask(name, seed=seed, **options)
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'chain_sum:max_terms=3,max_digits=1' -> ('chain_sum', {'max_terms': 3, 'max_digits': 1}).
+    Values are read as JSON where they parse (numbers, true/false, lists), else as text."""
+    name, _, rest = spec.partition(":")
+    if not name.strip():
+        raise ValueError(f"task spec {spec!r}: expected NAME or NAME:key=value,...")
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"task spec {spec!r}: option {part!r} is not key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def task_from_spec(spec: str, seed: int = 0) -> Task:
+    name, options = parse_task_spec(spec)
+    return load_task(name, seed=seed, **options)
