@@ -50,8 +50,8 @@ def test_a_training_step_pays_one_sync():
 
     d = common.Dist()
     with HostSyncs() as counter:
-        _, loss = common.accumulate_gradients(model, Loader(), 0, 2, d, "cpu", common.autocast_context("cpu"))
-    assert counter.count == 0
+        _, loss, tokens = common.accumulate_gradients(model, Loader(), 0, 2, d, "cpu", common.autocast_context("cpu"))
+    assert counter.count == 0 and tokens == 2 * ids.numel()  # the token count comes from shapes, not the device
     with HostSyncs() as counter:
         loss_value, grad_norm = common.optimizer_step(model, [], loss, d)  # the optimizers' own internals aside
     assert counter.count == 1 and loss_value > 0 and grad_norm > 0

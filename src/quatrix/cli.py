@@ -279,8 +279,8 @@ def eval_task(args: argparse.Namespace) -> int:
     from quatrix.tasks import task_from_spec
     from quatrix.tokenizer import load_model_and_tokenizer
 
-    task = task_from_spec(args.task, args.seed)
     model, tokenizer = load_model_and_tokenizer(args.ckpt)
+    task = task_from_spec(args.task, args.seed, model.config)
     device = str(next(model.parameters()).device)
     with autocast_context(device, resolve_precision(args.precision, device)):
         result = evaluate_task(model, tokenizer, task, args.n, batch_size=args.batch_size,

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from quatrix.data.sft import ConversationSource, SFTLoader, chitchat_conversations, collate, render_example
+from quatrix.data.sft import (ConversationSource, SFTLoader, chitchat_conversations, collate, is_validation,
+                              render_example)
 from quatrix.tokenizer import load_tokenizer
 
 
@@ -76,7 +77,8 @@ def test_images_in_conversations_are_loaded_relative_to_the_file(tmp_path, tok):
     from PIL import Image
 
     Image.new("RGB", (20, 10), (200, 0, 0)).save(tmp_path / "red.png")
-    convs = [[{"role": "user", "content": "colour?", "image": "red.png"}, {"role": "assistant", "content": "red"}]] * 8
+    convs = [[{"role": "user", "content": f"colour {i}?", "image": "red.png"}, {"role": "assistant", "content": "red"}]
+             for i in range(8)]
     source = ConversationSource(str(write_jsonl(tmp_path / "v.jsonl", convs)), tok, seq_len=64)
     batch = SFTLoader(source, 2, tok.eot_id, image_size=16).next_batch()
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
@@ -86,6 +88,14 @@ def test_images_in_conversations_are_loaded_relative_to_the_file(tmp_path, tok):
     missing = [[{"role": "user", "content": "?", "image": "nope.png"}, {"role": "assistant", "content": "x"}]]
     with pytest.raises(FileNotFoundError, match="nope.png"):
         ConversationSource(str(write_jsonl(tmp_path / "x.jsonl", missing)), tok, seq_len=64)
+
+
+def test_a_source_too_small_to_hold_out_trains_on_everything(tmp_path, tok):
+    held = [c for c in (conversation(i) for i in range(200)) if is_validation(c)]
+    messages = []
+    source = ConversationSource(str(write_jsonl(tmp_path / "few.jsonl", held[:3])), tok, seq_len=64,
+                                log=messages.append)
+    assert len(source.train) == 3 and "too few conversations" in messages[0]
 
 
 def test_bad_sources_are_named(tmp_path, tok):

@@ -172,3 +172,8 @@ def test_unused_plugins_are_frozen_and_skipped_by_the_optimizer():
     model = QuatrixLM(tiny_config(use_vision=True))
     common.freeze_unused_plugins(model, {"text": 0.5, "image": 0.5})
     assert all(p.requires_grad for p in model.vision.parameters())
+
+
+def test_final_lr_sets_where_the_cosine_ends():
+    assert common.lr_factor(100, 4, 100, final=0.5) == pytest.approx(0.5)
+    assert common.lr_factor(60, 4, 100, final=1.0) == pytest.approx(1.0)

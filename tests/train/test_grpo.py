@@ -91,3 +91,27 @@ def test_bad_grpo_arguments_fail_clearly(chat_checkpoint, tmp_path, capsys, extr
         code = e.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_two_process_ddp(finetuned, tmp_path, stage):
+    """Both stages under torchrun with the gloo backend: each rank its own items, one set of weights."""
+    import os
+    import subprocess
+    import sys
+
+    flags = {"sft": ["--data", f"task:{TASK}", "--batch-size", "4", "--seq-len", "96", "--eval-n", "8", "--warmup", "1",
+                     "--sample-tokens", "0"],
+             "grpo": ["--task", TASK, "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
+                      "--eval-n", "4", "--reward-weights", "correct=1,format=1,length=1"]}[stage]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={29530 + len(stage)}",
+           "-m", "quatrix.cli", stage, "--init", str(finetuned), "--steps", "3", "--eval-every", "3",
+           "--save-every", "3", "--precision", "fp32", "--device", "cpu", "--out", str(tmp_path / stage), *flags]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / stage / "run_config.json").read_text())["world_size"] == 2
+    rows = records(tmp_path / stage)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in rows)
+    QuatrixLM.from_pretrained(tmp_path / stage / "checkpoint")

@@ -93,33 +93,37 @@ def chitchat_conversations() -> list[list[dict]]:
 class ConversationSource:
     """A finite list of conversations (a file, chitchat) or a task's endless stream."""
 
-    def __init__(self, spec: str, tokenizer, seq_len: int, seed: int = 0, log=None):
+    def __init__(self, spec: str, tokenizer, seq_len: int, seed: int = 0, log=None, config=None):
         self.spec, self.tokenizer, self.seq_len, self.seed = spec, tokenizer, seq_len, seed
         log = log or (lambda message: print(message, file=sys.stderr))
         self.task = None
         if spec.startswith("task:"):
             from quatrix.tasks import task_from_spec
 
-            self.task = task_from_spec(spec[len("task:"):], seed)
+            self.task = task_from_spec(spec[len("task:"):], seed, config)
             return
         if spec == "chitchat":
             conversations = chitchat_conversations()
+            resolved = conversations
         elif Path(spec).suffix == ".jsonl" or Path(spec).is_file():
             conversations = read_conversations(spec)
-            conversations = [_resolve_images(c, Path(spec).parent) for c in conversations]
+            resolved = [_resolve_images(c, Path(spec).parent) for c in conversations]
         else:
             raise FileNotFoundError(f"SFT data not found: {spec} (a .jsonl file, chitchat, or task:NAME)")
         train, val, skipped = [], [], 0
-        for messages in conversations:
-            example = render_example(messages, tokenizer)
+        for messages, loaded in zip(conversations, resolved):  # the split hashes the file's text, not local paths
+            example = render_example(loaded, tokenizer)
             if len(example.ids) > seq_len:
                 skipped += 1
                 continue
             (val if is_validation(messages) else train).append(example)
         if skipped:
             log(f"sft: {spec}: skipped {skipped} of {len(conversations)} conversations longer than {seq_len} tokens")
-        if not train:
+        if not train and not val:
             raise ValueError(f"{spec}: no conversation fits in {seq_len} tokens (raise --seq-len)")
+        if not train:  # a handful of conversations, all hashed into the held-out share: train on them anyway
+            log(f"sft: {spec}: too few conversations to hold any out; validating on training conversations")
+            train = val
         kinds = {e.image is not None for e in train + val}
         if len(kinds) > 1:
             raise ValueError(f"{spec}: either every conversation carries an image or none does")

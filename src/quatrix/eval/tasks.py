@@ -110,7 +110,8 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
               "format_rate": sum(s.format for s in scored) / n, "mean_completion_tokens": sum(lengths) / n}
     kinds = sorted({item.kind for item in items if item.kind})
     if kinds:
-        result["accuracy_by_kind"] = {k: _mean([s.solved for s, it in zip(scored, items) if it.kind == k]) for k in kinds}
+        result["accuracy_by_kind"] = {k: _mean(s.solved for s, it in zip(scored, items) if it.kind == k)
+                                      for k in kinds}
     if pass_k:
         result[f"pass@{pass_k}"] = _mean(passes)
     return result

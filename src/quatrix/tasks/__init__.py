@@ -62,6 +62,12 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
-def task_from_spec(spec: str, seed: int = 0) -> Task:
+def task_from_spec(spec: str, seed: int = 0, config=None) -> Task:
+    """The task a spec names. With a model `config`, visual_qa draws its scenes at the
+    model's image size unless the spec says otherwise."""
     name, options = parse_task_spec(spec)
+    if name == VISUAL_QA and config is not None:
+        if not config.use_vision:
+            raise ValueError(f"task {VISUAL_QA} asks about images, but this model has no vision encoder")
+        options.setdefault("image_size", config.image_size)
     return load_task(name, seed=seed, **options)

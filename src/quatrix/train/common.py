@@ -165,7 +165,8 @@ def add_run_arguments(p, *, steps: int, lr: float, warmup: int, eval_every: int,
                       batch_help: str = "sequences per step per process") -> None:
     """Optimisation, checkpoint, resume, device and precision flags, with each stage's
     defaults; the batch flags only where the stage has batches of a fixed shape (batch_size)."""
-    from quatrix.validation import int_at_least, nonnegative_float, nonnegative_int, positive_float, positive_int
+    from quatrix.validation import (float_in, int_at_least, nonnegative_float, nonnegative_int, positive_float,
+                                    positive_int)
 
     p.add_argument("--steps", type=positive_int, default=steps, help="optimizer steps in all")
     if batch_size is not None:
@@ -175,6 +176,8 @@ def add_run_arguments(p, *, steps: int, lr: float, warmup: int, eval_every: int,
     p.add_argument("--lr", type=positive_float, default=lr)
     p.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
     p.add_argument("--warmup", type=nonnegative_int, default=warmup, help="linear warmup steps (at most --steps)")
+    p.add_argument("--final-lr", type=float_in(0.0, 1.0), default=0.1,
+                   help="the learning rate the cosine decay ends at, as a fraction of --lr (1: constant after warmup)")
     p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
     p.add_argument("--eval-every", type=nonnegative_int, default=eval_every,
                    help="validate every N steps and at the end (0: only at the end)")
@@ -299,7 +302,7 @@ def train_loop(args, d: Dist, device: str, out: Path, model, train_model, tokeni
     last_saved = start
     for step in bar:
         t0 = time.perf_counter()
-        lr = set_lr(optimizers, lr_factor(step, args.warmup, args.steps))
+        lr = set_lr(optimizers, lr_factor(step, args.warmup, args.steps, args.final_lr))
         source, loss, tokens = accumulate_gradients(train_model, loader, step, args.grad_accum, d, device, autocast)
         loss_value, grad_norm = optimizer_step(model, optimizers, loss, d)
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):

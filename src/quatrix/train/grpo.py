@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon-high", type=positive_float, default=None, help="upper clip (default: --epsilon)")
     p.add_argument("--loss-type", choices=LOSS_TYPES, default="dapo")
     p.add_argument("--scale-rewards", choices=SCALES, default="group")
-    p.add_argument("--num-iterations", type=positive_int, default=1, help="μ: optimisation passes per batch of rollouts")
+    p.add_argument("--num-iterations", type=positive_int, default=1,
+                   help="μ: optimisation passes over each batch of rollouts")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
     out = Path(args.out)
     device, checkpoint = common.prepare_run(args, d, out, "grpo")
     model, tokenizer = load_init(args.init, device)
-    task = task_from_spec(args.task, args.seed)
+    task = task_from_spec(args.task, args.seed, model.config)
     common.freeze_unused_plugins(model, {"image"} if task.name == "visual_qa" else set())
     reference = None
     if args.beta > 0:  # the --init model, frozen (also on resume: the reference never moves)
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
     autocast = common.autocast_context(device, args.precision_resolved)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not d.is_main, desc="grpo")
     for step in bar:
-        lr = common.set_lr(optimizers, common.lr_factor(step, args.warmup, args.steps))
+        lr = common.set_lr(optimizers, common.lr_factor(step, args.warmup, args.steps, args.final_lr))
         record = grpo_step(args, d, device, model, train_model, reference, tokenizer, task, prompts, optimizers,
                            autocast)
         if record is None:
@@ -170,8 +171,9 @@ def grpo_step(args, d, device, model, train_model, reference, tokenizer, task, p
 
     def forward(m, rows, grad: bool):
         ids = batch["input_ids"][rows].to(device)
+        images = None if pixels is None else pixels[rows].to(device)
         with torch.set_grad_enabled(grad), autocast:
-            logits = m(ids, pixel_values=None if pixels is None else pixels[rows].to(device), check_values=False)["logits"]
+            logits = m(ids, pixel_values=images, check_values=False)["logits"]
         return token_logprobs(logits[:, :-1], batch["labels"][rows, 1:].to(device), args.temperature)
 
     with torch.no_grad():
@@ -181,7 +183,7 @@ def grpo_step(args, d, device, model, train_model, reference, tokenizer, task, p
     mask = batch["mask"].to(device)
     total_tokens = mask.sum().clamp(min=1)
     stats = torch.zeros(4, device=device)  # kl, clipped, entropy (token sums), loss
-    for iteration in range(args.num_iterations):
+    for _ in range(args.num_iterations):
         stats.zero_()
         for k, s in enumerate(micro):
             rows = slice(s, s + args.micro_batch)
@@ -247,7 +249,8 @@ def report(args, out: Path, device: str) -> None:
     common.write_summary(out, path, device)
     records = common.read_metrics(path)
     evals = [r for r in records if "eval_accuracy" in r]
-    line = f"grpo: {args.steps} steps, reward {records[-1]['reward']:.3f}, sampled accuracy {records[-1]['accuracy']:.3f}"
+    last = records[-1]
+    line = f"grpo: {args.steps} steps, reward {last['reward']:.3f}, sampled accuracy {last['accuracy']:.3f}"
     if evals:
         line += f", held-out greedy accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> " \
                 f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})"
@@ -270,7 +273,8 @@ def plot_rewards(metrics_path: Path, png: Path) -> None:
     ax.plot(steps, [r["accuracy"] for r in records], lw=1, label="accuracy (sampled)")
     evals = [r for r in records if "eval_accuracy" in r]
     if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="held-out accuracy (greedy)")
+        ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-",
+                label="held-out accuracy (greedy)")
     ax.set(xlabel="step", title=f"GRPO: {metrics_path.parent.name}")
     ax.grid(alpha=0.3)
     ax.legend()

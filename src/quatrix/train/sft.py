@@ -82,7 +82,8 @@ def run(args: argparse.Namespace, d: common.Dist, weights: dict[str, float]) -> 
     if args.seq_len > config.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
     log = print if d.is_main else (lambda *a, **k: None)
-    sources = {spec: ConversationSource(spec, tokenizer, args.seq_len, args.seed, log=log) for spec in weights}
+    sources = {spec: ConversationSource(spec, tokenizer, args.seq_len, args.seed, log=log, config=config)
+               for spec in weights}
     images = [spec for spec, s in sources.items() if _has_images(s)]
     if images and not config.use_vision:
         raise ValueError(f"--data {images[0]} carries images, but the --init model has no vision encoder")
