@@ -285,22 +285,28 @@ def eval_task(args: argparse.Namespace) -> int:
     with autocast_context(device, resolve_precision(args.precision, device)):
         result = evaluate_task(model, tokenizer, task, args.n, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, pass_k=args.pass_k, temperature=args.temperature,
-                               seed=args.seed)
+                               seed=args.seed, with_baselines=True)
     if args.json:
         print(json.dumps(result))
         return 0
     low, high = result["ci95"]
+    base = result["baselines"]
     print(f"{args.task}: accuracy {result['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {args.n} held-out items; "
           f"format {result['format_rate']:.3f}; mean completion {result['mean_completion_tokens']:.1f} tokens")
-    for kind, accuracy in result.get("accuracy_by_kind", {}).items():
-        print(f"  {kind:>10}: {accuracy:.3f}")
+    text_only = f"; text only (images zeroed) {base['text_only_accuracy']:.3f}" if "text_only_accuracy" in base else ""
+    print(f"baselines: majority answer {base['majority_accuracy']:.3f}{text_only}")
+    if "accuracy_by_kind" in result:
+        print(f"  {'kind':>10}  model  {'text only' if text_only else ''}  majority")
+        for kind, accuracy in result["accuracy_by_kind"].items():
+            blind = f"  {base['text_only_by_kind'][kind]:9.3f}" if text_only else ""
+            print(f"  {kind:>10}  {accuracy:5.3f}{blind}  {base['majority_by_kind'][kind]:8.3f}")
     if args.pass_k:
         print(f"pass@{args.pass_k}: {result[f'pass@{args.pass_k}']:.3f} (temperature {args.temperature:g})")
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    """Multi-turn chat: a line is a user turn; /reset, /system TEXT, /quit. Reads a pipe too."""
+    """Multi-turn chat: a line is a user turn; /reset, /system TEXT, /image PATH, /quit. Reads a pipe too."""
     from quatrix.session import ChatSession
     from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer
 
@@ -312,7 +318,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     device = str(next(model.parameters()).device)
     if interactive:
-        print("quatrix chat: /reset clears the conversation, /system TEXT sets the system message, /quit leaves")
+        print("quatrix chat: /reset clears the conversation, /system TEXT sets the system message, /image PATH sends "
+              "an image with the next message, /quit leaves")
     while True:
         if interactive:
             print("you> ", end="", flush=True)
@@ -333,8 +340,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             session.reset()
             print(f"(system message {'set' if session.system else 'cleared'}; conversation cleared)")
             continue
+        if line.startswith("/image"):
+            try:
+                session.attach_image(line[len("/image"):].strip())
+                print("(image attached to your next message)")
+            except (ValueError, FileNotFoundError) as e:
+                print(f"(error: {e})")
+            continue
         if line.startswith("/"):
-            print(f"(unknown command {line.split()[0]}; try /reset, /system TEXT, /quit)")
+            print(f"(unknown command {line.split()[0]}; try /reset, /system TEXT, /image PATH, /quit)")
             continue
         if interactive:
             print("quatrix> ", end="", flush=True)

@@ -16,7 +16,8 @@ class ChatSession:
     """Keeps the conversation; `reply(text)` streams the assistant's answer as text pieces
     and adds both turns to the history. When the history no longer fits the model's
     context beside max_new_tokens, the oldest exchanges are dropped (the system message
-    stays)."""
+    stays; an image goes with the turn that brought it). `attach_image(path)` sends an
+    image with the next message, for models with vision."""
 
     def __init__(self, model, tokenizer, *, system: str | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.7, top_k: int = 0, top_p: float = 0.95, seed: int = 0):
@@ -28,16 +29,36 @@ class ChatSession:
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.system = system
         self.turns: list[dict] = []
+        self.pending_image = None  # attached by attach_image, sent with the next user turn
 
     def reset(self) -> None:
         self.turns = []
+        self.pending_image = None
+
+    def attach_image(self, path) -> None:
+        """Send an image file with the next message. The model reads one image per
+        conversation (as a prefix), so a second one needs a reset first."""
+        from quatrix.vision import load_image
+
+        if self.model.vision is None:
+            raise ValueError("this model has no vision encoder, so it cannot see images")
+        if self.pending_image is not None or self.image() is not None:
+            raise ValueError("this conversation already has an image (the model reads one); /reset first")
+        self.pending_image = load_image(path, self.model.config.image_size)
+
+    def image(self):
+        """The conversation's image, if a turn still in the history carries one."""
+        return next((t["image"] for t in self.turns if t.get("image") is not None), None)
 
     def set_system(self, text: str | None) -> None:
         self.system = text.strip() or None if text else None
 
     def messages(self, user: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.turns + [{"role": "user", "content": user}]
+        turn = {"role": "user", "content": user}
+        if self.pending_image is not None:
+            turn["image"] = self.pending_image
+        return head + self.turns + [turn]
 
     def prompt_ids(self, user: str) -> list[int]:
         """The rendered prompt, dropping the oldest exchanges until it fits."""
@@ -55,11 +76,14 @@ class ChatSession:
         if not user.strip():
             raise ValueError("empty message")
         prompt = self.prompt_ids(user)
+        image = self.pending_image if self.pending_image is not None else self.image()
+        pixels = None if image is None else image[None].to(next(self.model.parameters()).device)
         end = self.tokenizer.token_id(END)
         tokens: list[int] = []
         shown = ""
         for new, active in stream(self.model, [prompt], self.max_new_tokens, temperature=self.temperature,
-                                  top_k=self.top_k, top_p=self.top_p, stop_token_ids=[end], generator=self.generator):
+                                  top_k=self.top_k, top_p=self.top_p, stop_token_ids=[end], generator=self.generator,
+                                  pixel_values=pixels):
             if not bool(active[0]) or int(new[0]) == end:
                 break
             tokens.append(int(new[0]))
@@ -70,4 +94,5 @@ class ChatSession:
         text = self.tokenizer.decode(tokens)
         if len(text) > len(shown):
             yield text[len(shown):]
-        self.turns += [{"role": "user", "content": user}, {"role": "assistant", "content": text.strip() or "…"}]
+        self.turns += [self.messages(user)[-1], {"role": "assistant", "content": text.strip() or "…"}]
+        self.pending_image = None

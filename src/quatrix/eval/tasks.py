@@ -32,22 +32,26 @@ class Completions:
         return sum(len(t) + (not cut) for t, cut in zip(self.tokens, self.truncated))
 
 
-def prompt_batch(task, items, tokenizer, config):
-    """Rendered prompts (with the assistant opening) and the items' images ([B, 3, S, S] or None)."""
+def prompt_batch(task, items, tokenizer, config, blank_images: bool = False):
+    """Rendered prompts (with the assistant opening) and the items' images ([B, 3, S, S] or
+    None; all zeros with blank_images, the text-only baseline)."""
     prompts = [render(task.prompt(item), tokenizer, add_generation_prompt=True)[0] for item in items]
     images = [item.image for item in items]
     if any(image is not None for image in images):
         if not config.use_vision:
             raise ValueError(f"task {task.name} asks about images, but this model has no vision encoder")
         pixels = torch.stack(images)
+        if blank_images:
+            pixels = torch.zeros_like(pixels)
     else:
         pixels = None
     return prompts, pixels
 
 
 def complete(model, tokenizer, task, items, *, num_samples: int = 1, max_new_tokens: int = 64,
-             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Completions:
-    prompts, pixels = prompt_batch(task, items, tokenizer, model.config)
+             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+             blank_images: bool = False) -> Completions:
+    prompts, pixels = prompt_batch(task, items, tokenizer, model.config, blank_images)
     device = next(model.parameters()).device
     stats: dict = {}
     start = time.perf_counter()
@@ -77,14 +81,50 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+def majority_answers(task, n: int = 2000) -> dict[str, str]:
+    """The most frequent answer per question kind ("" for a task without kinds) among the
+    first n training items: the answer a model that ignores the question's content would give."""
+    from collections import Counter
+
+    counts: dict[str, Counter] = {}
+    index = 0
+    for _ in range(n):
+        item, index = task.train_item(index)
+        counts.setdefault(item.kind, Counter())[item.answer] += 1
+    return {kind: c.most_common(1)[0][0] for kind, c in counts.items()}
+
+
+def baselines(model, tokenizer, task, items, *, batch_size: int, max_new_tokens: int) -> dict:
+    """What the answers would score without the model's skill: the majority answer of each
+    kind, and, for tasks with images, the same model with every image replaced by zeros."""
+    majority = majority_answers(task)
+    guess = [task.score(majority.get(item.kind, ""), item) >= 1.0 for item in items]
+    out = {"majority_accuracy": _mean(guess), "majority_answers": majority}
+    if items[0].image is not None:
+        solved = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            texts = complete(model, tokenizer, task, chunk, max_new_tokens=max_new_tokens, blank_images=True).texts
+            solved += [task.score_text(text, item) >= 1.0 for text, item in zip(texts, chunk)]
+        out["text_only_accuracy"] = _mean(solved)
+    else:
+        solved = None
+    kinds = sorted({item.kind for item in items if item.kind})
+    if kinds:
+        out["majority_by_kind"] = {k: _mean(g for g, it in zip(guess, items) if it.kind == k) for k in kinds}
+        if solved is not None:
+            out["text_only_by_kind"] = {k: _mean(s for s, it in zip(solved, items) if it.kind == k) for k in kinds}
+    return out
+
+
 @torch.no_grad()
 def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_new_tokens: int = 64,
                   pass_k: int | None = None, samples: int | None = None, temperature: float = 1.0,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, with_baselines: bool = False) -> dict:
     """Greedy accuracy (full credit from the task's checker) on the first n held-out items,
     its 95% Wilson interval, format rate, mean completion length in tokens, accuracy per
     question kind where the task has kinds; with pass_k, pass@k from `samples` (default k)
-    samples per item at `temperature`."""
+    samples per item at `temperature`; with_baselines, the `baselines` beside it."""
     items = task.eval_items(n)
     scored: list[Scored] = []
     lengths: list[int] = []
@@ -114,6 +154,9 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
                                       for k in kinds}
     if pass_k:
         result[f"pass@{pass_k}"] = _mean(passes)
+    if with_baselines:
+        result["baselines"] = baselines(model, tokenizer, task, items, batch_size=batch_size,
+                                        max_new_tokens=max_new_tokens)
     return result
 
 
