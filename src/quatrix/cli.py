@@ -92,8 +92,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model, tokenizer = load_model_and_tokenizer(args.ckpt)
     else:
         model = QuatrixLM.from_pretrained(args.ckpt) if args.ckpt else QuatrixLM(preset(args.preset))
+    if args.chat and (args.ids or tokenizer is None):
+        raise ValueError("--chat needs a checkpoint with a tokenizer (and text, not --ids)")
     if args.ids or tokenizer is None:
         prompt = parse_token_ids(text, "--prompt-file" if args.prompt_file else "--prompt")
+    elif args.chat:  # one user turn in the chat format (with the image slot), ready for the answer
+        from quatrix.chat import END, render
+
+        message = {"role": "user", "content": text, **({"image": args.image} if args.image else {})}
+        prompt = render([message], tokenizer, add_generation_prompt=True)[0]
+        args.stop_id = [*args.stop_id, tokenizer.token_id(END)]
     else:
         prompt = tokenizer.encode(text)
         args.stop_id = [*args.stop_id, tokenizer.eot_id]
@@ -159,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt-file", help="a file holding the prompt")
     gen.add_argument("--ids", action="store_true", help="the prompt is token ids even if a tokenizer exists")
     gen.add_argument("--image", help="an image file for models with vision")
+    gen.add_argument("--chat", action="store_true",
+                     help="send the prompt as a user turn of the chat format and print the assistant's answer "
+                          "(for finetuned models)")
     gen.add_argument("--max-new-tokens", type=positive_int, default=64)
     gen.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0 = greedy")
     gen.add_argument("--top-k", type=nonnegative_int, default=0, help="0 = off")

@@ -102,3 +102,14 @@ def _grey(tmp_path):
     path = tmp_path / "g.jpg"
     Image.new("RGB", (7, 90), (90, 90, 90)).save(path)
     return path
+
+
+def test_generate_answers_an_image_question_in_the_chat_format(vision_checkpoint, chat_checkpoint, tmp_path, capsys):
+    path = _grey(tmp_path)
+    assert main(["generate", "--ckpt", str(vision_checkpoint), "--image", str(path), "--prompt", "What shape?",
+                 "--chat", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert main(["generate", "--ckpt", str(chat_checkpoint), "--image", str(path), "--prompt", "x", "--chat"]) == 2
+    assert "no vision encoder" in capsys.readouterr().err
+    assert main(["generate", "--ckpt", str(vision_checkpoint), "--image", str(tmp_path / "nope.png"),
+                 "--prompt", "x", "--chat"]) == 2
+    assert "image not found" in capsys.readouterr().err
