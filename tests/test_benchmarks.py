@@ -69,3 +69,29 @@ def test_gpu_check_script_runs_its_checks_on_cpu(tmp_path):
     assert {c["impl"] for c in summary["checks"] if c["check"] == "mixer"} == {"sdpa", "matmul", "chunked"}
     assert "| qcompass | bf16 |" in summary["train_throughput"] and "Q-Compass" in summary["mixer_benchmark"]
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
+
+
+def test_rollout_cache_benchmark_reports_the_cache_ratios():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "rollout_cache.py"), "--prompts", "2", "--group-size", "2", "--prompt-len", "8",
+         "--max-new-tokens", "2", "--repeats", "1"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
+            if line.startswith("| ") and "---" not in line and "variant" not in line}
+    assert rows["Q-Compass (SAO)"][2].strip() == "160" and rows["SAVO"][5].strip() == "0.25x"  # (H+r), 2r / 2H
+
+
+def test_vision_probe_compares_real_and_zeroed_images(tmp_path):
+    from quatrix import QuatrixLM
+    from quatrix.tokenizer import train_tokenizer
+    from tests.conftest import tiny_config
+
+    tokenizer = train_tokenizer(["From left to right: a large red circle. Question: how many? Answer: 2."] * 5, 300)
+    QuatrixLM(tiny_config(vocab_size=tokenizer.vocab_size, use_vision=True)).save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    out = subprocess.run([sys.executable, str(BENCH / "vision_probe.py"), str(tmp_path), "--batch", "4"],
+                         capture_output=True, text=True, check=True).stdout
+    row = out.splitlines()[-1].split("|")
+    real, zeroed = float(row[2]), float(row[3])
+    assert real != zeroed  # an untrained encoder still changes the loss: the probe can tell
