@@ -12,7 +12,7 @@ from conftest import tiny_config
 from quatrix import QuatrixLM
 from quatrix.io import WriteError
 from quatrix.tokenizer import train_tokenizer
-from quatrix.train import common
+from quatrix.train import checkpoints, common
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_checkpoint_roundtrip_restores_everything(tmp_path, tokenizer):
     expected = (random.random(), np.random.rand(), torch.rand(1))
     state = common.load_checkpoint_state(tmp_path / "checkpoint")  # weights_only: no pickled code
     assert state["step"] == 7 and state["loader"] == {"text": {"epoch": 0, "cursor": 7}}
-    common.restore_rng(state["rng"])
+    checkpoints.restore_rng(state["rng"])
     assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
     other, other_opts = make(tokenizer)
     assert common.restore(tmp_path / "checkpoint", other, other_opts, _Loader(), model.config) == 7
