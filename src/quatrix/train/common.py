@@ -450,7 +450,15 @@ def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
 
 
 def plot_losses(metrics_path: Path, png: Path) -> None:
-    """Training and validation loss against step, written atomically as a PNG."""
+    """Training and validation loss against step."""
+    plot_metrics(metrics_path, png, lines={"loss": "train"}, points={"val_loss": "validation"},
+                 ylabel="loss (nats/token)")
+
+
+def plot_metrics(metrics_path: Path, png: Path, lines: dict[str, str], points: dict[str, str], ylabel: str = "",
+                 title: str | None = None) -> None:
+    """Per-step metrics as lines and occasional ones (evaluations) as points, against step,
+    written atomically as a PNG. `lines` and `points` map a metrics key to its label."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -458,11 +466,13 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
 
     records = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train", lw=1)
-    val = [r for r in records if "val_loss" in r]
-    if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
-    ax.set(xlabel="step", ylabel="loss (nats/token)", title=metrics_path.parent.name)
+    for key, label in lines.items():
+        ax.plot([r["step"] for r in records], [r[key] for r in records], label=label, lw=1)
+    for key, label in points.items():
+        logged = [r for r in records if key in r]
+        if logged:
+            ax.plot([r["step"] for r in logged], [r[key] for r in logged], "o-", label=label)
+    ax.set(xlabel="step", ylabel=ylabel, title=title or metrics_path.parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

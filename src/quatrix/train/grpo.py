@@ -259,26 +259,6 @@ def report(args, out: Path, device: str) -> None:
 
 def plot_rewards(metrics_path: Path, png: Path) -> None:
     """Mean reward and sampled accuracy per step, held-out greedy accuracy at evaluations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from quatrix.io import atomic_path
-
-    records = common.read_metrics(metrics_path)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in records]
-    ax.plot(steps, [r["reward"] for r in records], lw=1, label="reward (mean)")
-    ax.plot(steps, [r["accuracy"] for r in records], lw=1, label="accuracy (sampled)")
-    evals = [r for r in records if "eval_accuracy" in r]
-    if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-",
-                label="held-out accuracy (greedy)")
-    ax.set(xlabel="step", title=f"GRPO: {metrics_path.parent.name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    common.plot_metrics(metrics_path, png, lines={"reward": "reward (mean)", "accuracy": "accuracy (sampled)"},
+                        points={"eval_accuracy": "held-out accuracy (greedy)"},
+                        title=f"GRPO: {metrics_path.parent.name}")
