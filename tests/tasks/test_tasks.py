@@ -77,3 +77,9 @@ def test_visual_qa_items_carry_an_image_and_an_exact_answer():
         assert task.prompt(item)[1]["image"] is item.image
     with pytest.raises(ValueError, match="unknown question kind"):
         load_task("visual_qa", kinds=["size"])
+
+
+def test_asking_for_more_held_out_questions_than_exist_fails_clearly():
+    task = load_task("chain_sum", min_terms=2, max_terms=2, max_digits=1)  # 200 questions, about 25 held out
+    with pytest.raises(ValueError, match="held-out questions found"):
+        task.eval_items(100)

@@ -63,7 +63,7 @@ class Task:
             index += 1
             if not held_out(item.key):
                 return item, index
-        raise RuntimeError(f"task {self.name}: no training question in {100 * HELD_OUT_EVERY} tries; "
+        raise ValueError(f"task {self.name}: no training question in {100 * HELD_OUT_EVERY} tries; "
                            "its question space is too small to split")
 
     def eval_items(self, n: int) -> list[Item]:
@@ -79,7 +79,7 @@ class Task:
                 items.append(item)
                 questions.add(item.key)
             if index > 1000 * HELD_OUT_EVERY + 100 * n:
-                raise RuntimeError(f"task {self.name}: only {len(items)} held-out questions found; its question "
+                raise ValueError(f"task {self.name}: only {len(items)} held-out questions found; its question "
                                    "space is too small (make it harder)")
         return items
 
