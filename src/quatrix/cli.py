@@ -226,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=nonnegative_int, default=0)
     chat.add_argument("--precision", choices=PRECISIONS, default="fp32")
 
+    world = sub.add_parser("world", help="world-model data from gymnasium / MiniGrid environments")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    collect = world_sub.add_parser("collect", help="record transitions of an environment, headless")
+    collect.add_argument("--env", required=True, help="a gymnasium id, e.g. MiniGrid-Empty-8x8-v0")
+    collect.add_argument("--episodes", type=positive_int, required=True)
+    collect.add_argument("--policy", choices=["random"], default="random")
+    collect.add_argument("--seed", type=nonnegative_int, default=0)
+    collect.add_argument("--image-size", type=int_at_least(8), default=64, help="frames are resized to this square")
+    collect.add_argument("--max-steps", type=positive_int, default=None, help="cut episodes at this many steps")
+    collect.add_argument("--out", required=True)
+
     tasks = sub.add_parser("tasks", help="list the tasks eval, sft and grpo accept")
     tasks.add_argument("--show", metavar="TASK", help="print a few training items of TASK[:key=value,...]")
 
@@ -386,6 +397,20 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_world(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from quatrix.data.world import collect
+
+    with tqdm(total=args.episodes, desc="collect", unit="episode") as bar:
+        manifest = collect(args.env, args.episodes, args.out, seed=args.seed, policy=args.policy,
+                           image_size=args.image_size, max_steps=args.max_steps,
+                           progress=lambda done: bar.update(done - bar.n))
+    print(f"{args.env}: {manifest['episodes']} episodes, {manifest['transitions']:,} transitions in "
+          f"{len(manifest['shards'])} shard(s) -> {args.out}")
+    return 0
+
+
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from quatrix.data.text import read_documents
     from quatrix.tokenizer import train_tokenizer
@@ -400,7 +425,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "pretrain": cmd_pretrain, "eval": cmd_eval,
             "tokenizer": cmd_tokenizer, "ablate": cmd_ablate, "sft": cmd_sft, "grpo": cmd_grpo, "chat": cmd_chat,
-            "tasks": cmd_tasks}
+            "tasks": cmd_tasks, "world": cmd_world}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
