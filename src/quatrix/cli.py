@@ -236,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--image-size", type=int_at_least(8), default=64, help="frames are resized to this square")
     collect.add_argument("--max-steps", type=positive_int, default=None, help="cut episodes at this many steps")
     collect.add_argument("--out", required=True)
+    world_train = world_sub.add_parser("train", help="train the world model on a collection")
+    from quatrix.train.world import add_arguments as add_world_arguments
+
+    add_world_arguments(world_train)
+    world_eval = world_sub.add_parser("eval", help="held-out error, inverse dynamics and the grounded probe (JSON)")
+    world_eval.add_argument("--ckpt", required=True, help="a checkpoint with a world model")
+    world_eval.add_argument("--data", required=True, help="the collection (its held-out episodes are used)")
 
     tasks = sub.add_parser("tasks", help="list the tasks eval, sft and grpo accept")
     tasks.add_argument("--show", metavar="TASK", help="print a few training items of TASK[:key=value,...]")
@@ -400,7 +407,21 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_world(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from quatrix.data.world import collect
+    from quatrix.data.world import WorldData, collect
+
+    if args.world_command == "train":
+        from quatrix.train.world import main as train_world
+
+        return train_world(args)
+    if args.world_command == "eval":
+        from quatrix.eval.world import evaluate_world
+        from quatrix.model import QuatrixLM
+
+        model = QuatrixLM.from_pretrained(args.ckpt)
+        if model.world is None:
+            raise ValueError(f"{args.ckpt} has no world model (train one with `quatrix world train`)")
+        print(json.dumps(evaluate_world(model.world, WorldData(args.data)), indent=2))
+        return 0
 
     with tqdm(total=args.episodes, desc="collect", unit="episode") as bar:
         manifest = collect(args.env, args.episodes, args.out, seed=args.seed, policy=args.policy,

@@ -174,6 +174,7 @@ def add_run_arguments(p, *, steps: int, lr: float, warmup: int, eval_every: int,
     if batch_size is not None:
         p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"{batch_help} (before accumulation)")
         p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    if seq_len is not None:
         p.add_argument("--seq-len", type=int_at_least(2), default=seq_len)
     p.add_argument("--lr", type=positive_float, default=lr)
     p.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
@@ -204,6 +205,17 @@ def check_run_arguments(args) -> None:
         raise ValueError(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
     if args.resume and not Path(args.out).is_dir():
         raise FileNotFoundError(f"--resume: no run to continue at {args.out}")
+
+
+def run_stage(args, run, *extra) -> int:
+    """A stage's entry point: check the shared flags, join the process group, run
+    `run(args, d, *extra)`, and leave the group on every way out."""
+    check_run_arguments(args)
+    d = setup_distributed(args.device)
+    try:
+        return run(args, d, *extra)
+    finally:
+        teardown_distributed(d)
 
 
 def run_device(args, d: Dist) -> str:
@@ -275,12 +287,13 @@ def accumulate_gradients(train_model, loader, step: int, grad_accum: int, d: Dis
                          autocast) -> tuple[str, Tensor, int]:
     """Forward and backward over `grad_accum` micro-batches of this step's source; under DDP
     the gradients are all-reduced once, with the last micro-batch. Returns the source, the
-    step's mean loss (a device tensor: no host sync here) and the tokens this process fed."""
+    step's mean loss (a device tensor: no host sync here) and the tokens this process fed
+    (the rows of the batch where it has no input_ids: the world model's transitions)."""
     loss_sum = torch.zeros((), device=device)
     tokens = 0
     for micro in range(grad_accum):
         source, batch = loader.next_batch(step)
-        tokens += batch["input_ids"].numel()
+        tokens += batch["input_ids"].numel() if "input_ids" in batch else len(next(iter(batch.values())))
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         defer_sync = d.world_size > 1 and micro < grad_accum - 1
         with train_model.no_sync() if defer_sync else contextlib.nullcontext():  # one context per micro-batch

@@ -66,13 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    common.check_run_arguments(args)
     args.reward_weights_resolved = parse_reward_weights(args.reward_weights)
-    d = common.setup_distributed(args.device)
-    try:
-        return run(args, d)
-    finally:
-        common.teardown_distributed(d)
+    return common.run_stage(args, run)
 
 
 class PromptStream:

@@ -50,12 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    common.check_run_arguments(args)
-    d = common.setup_distributed(args.device)
-    try:
-        return run(args, d)
-    finally:
-        common.teardown_distributed(d)
+    return common.run_stage(args, run)
 
 
 def run(args: argparse.Namespace, d: common.Dist) -> int:

@@ -41,13 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    common.check_run_arguments(args)
-    weights = source_weights(args.data, args.weights)
-    d = common.setup_distributed(args.device)
-    try:
-        return run(args, d, weights)
-    finally:
-        common.teardown_distributed(d)
+    return common.run_stage(args, run, source_weights(args.data, args.weights))
 
 
 def source_weights(sources: list[str], spec: str | None) -> dict[str, float]:
