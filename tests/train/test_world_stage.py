@@ -58,3 +58,21 @@ def test_world_eval_and_train_refuse_what_they_cannot_use(chat_checkpoint, data,
     assert "no manifest.json" in capsys.readouterr().err
     assert train(chat_checkpoint, data, tmp_path / "big", "--batch-size", "5000") == 2
     assert "fewer than one batch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_world_train_under_two_process_ddp(chat_checkpoint, data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           "-m", "quatrix.cli", "world", "train", "--data", str(data), "--init", str(chat_checkpoint), "--steps", "3",
+           "--batch-size", "8", "--warmup", "1", "--eval-every", "3", "--save-every", "3", "--precision", "fp32",
+           "--device", "cpu", "--out", str(tmp_path / "ddp")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "run_config.json").read_text())["world_size"] == 2
+    assert [r["step"] for r in records(tmp_path / "ddp")] == [1, 2, 3]
+    assert QuatrixLM.from_pretrained(tmp_path / "ddp" / "checkpoint").world is not None
