@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quatrix.data.order import EpochOrder
 from quatrix.vision import image_to_tensor, load_image
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -168,23 +169,17 @@ class ImageTextLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         if source.size is not None and source.size < batch_size * world_size:
             raise ValueError(f"{source.size} image-text pairs: fewer than one batch of {batch_size * world_size}")
-        self.epoch, self.cursor = 0, 0
-        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation)
-
-    def _index(self, position: int) -> int:
-        if self.source.size is None:
-            return position
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.source.size))
-        return int(self._order[1][position])
+        self.order = EpochOrder(source.size, batch_size, seed, rank, world_size) if source.size is not None else None
+        self.cursor = 0  # position in an endless source
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        rows = self.batch_size * self.world_size
-        if self.source.size is not None and self.cursor + rows > self.source.size:
-            self.epoch, self.cursor = self.epoch + 1, 0
-        start = self.cursor + self.rank * self.batch_size
-        examples = [self.source.example(self._index(p)) for p in range(start, start + self.batch_size)]
-        self.cursor += rows
+        if self.order is not None:
+            positions = self.order.next().tolist()
+        else:
+            start = self.cursor + self.rank * self.batch_size
+            positions = range(start, start + self.batch_size)
+            self.cursor += self.batch_size * self.world_size
+        examples = [self.source.example(p) for p in positions]
         ids = torch.full((self.batch_size, self.seq_len), self.tokenizer.eot_id, dtype=torch.long)
         labels = torch.full_like(ids, -100)
         for i, (_, text) in enumerate(examples):
@@ -195,7 +190,10 @@ class ImageTextLoader:
         return {"input_ids": ids, "labels": labels, "pixel_values": torch.stack([img for img, _ in examples])}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return self.order.state_dict() if self.order is not None else {"epoch": 0, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        if self.order is not None:
+            self.order.load_state_dict(state)
+        else:
+            self.cursor = state["cursor"]

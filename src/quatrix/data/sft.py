@@ -23,11 +23,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from quatrix.chat import render
 from quatrix.data.conversations import read_conversations
+from quatrix.data.order import EpochOrder
 
 VALIDATION_EVERY = 20
 CHITCHAT_TURNS = 6
@@ -158,24 +158,18 @@ class SFTLoader:
     def __init__(self, source: ConversationSource, batch_size: int, pad_id: int, image_size: int | None = None,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         self.source, self.batch_size, self.pad_id, self.image_size = source, batch_size, pad_id, image_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
         if source.task is None and len(source.train) < batch_size * world_size:
             raise ValueError(f"{source.spec}: {len(source.train)} training conversations, fewer than one batch of "
                              f"{batch_size * world_size}")
-        self.epoch, self.cursor, self.index, self.skipped = 0, 0, rank * self.RANK_STRIDE, 0
+        self.order = EpochOrder(len(source.train), batch_size, seed, rank, world_size) if source.task is None else None
+        self.index, self.skipped = rank * self.RANK_STRIDE, 0  # a task stream's position
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        return collate(self._task_examples() if self.source.task else self._file_examples(), self.pad_id,
-                       self.image_size)
-
-    def _file_examples(self) -> list[Example]:
-        rows = self.batch_size * self.world_size
-        if self.cursor + rows > len(self.source.train):
-            self.epoch, self.cursor = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source.train))
-        start = self.cursor + self.rank * self.batch_size
-        self.cursor += rows
-        return [self.source.train[int(i)] for i in order[start : start + self.batch_size]]
+        if self.order is None:
+            examples = self._task_examples()
+        else:
+            examples = [self.source.train[int(i)] for i in self.order.next()]
+        return collate(examples, self.pad_id, self.image_size)
 
     def _task_examples(self) -> list[Example]:
         examples = []
@@ -192,7 +186,10 @@ class SFTLoader:
                          "(raise --seq-len or make the task easier)")
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "index": self.index, "skipped": self.skipped}
+        order = self.order.state_dict() if self.order is not None else {}
+        return {**order, "index": self.index, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self.index, self.skipped = (state[k] for k in ("epoch", "cursor", "index", "skipped"))
+        if self.order is not None:
+            self.order.load_state_dict(state)
+        self.index, self.skipped = state["index"], state["skipped"]

@@ -29,14 +29,11 @@ def reasoning_gym_names() -> list[str]:
 
 class ReasoningGymTask(Task):
     def __init__(self, name: str, seed: int = 0, **options: Any):
-        import reasoning_gym
-
         self.name, self.seed, self.options = name, seed, options
         try:
             self._dataset(0, 0)  # builds block 0 now, so a bad option fails here, clearly
         except (TypeError, ValueError, AssertionError, KeyError) as e:
             raise ValueError(f"task {name}: bad options {options}: {e or type(e).__name__}") from None
-        self._reasoning_gym = reasoning_gym
 
     @lru_cache(maxsize=4)
     def _dataset(self, split: int, block: int):

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from quatrix.config import PRESETS, preset
 from quatrix.data.mixture import Mixture
+from quatrix.data.order import EpochOrder
 from quatrix.data.world import WorldData
 from quatrix.eval.world import evaluate_world
 from quatrix.model import QuatrixLM
@@ -57,28 +57,22 @@ class WorldLoader:
     takes its rows of each global batch; the position is plain data."""
 
     def __init__(self, data: WorldData, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.data, self.batch_size, self.seed, self.rank, self.world_size = data, batch_size, seed, rank, world_size
+        self.data = data
         self.indices = data.split("train")
         if len(self.indices) < batch_size * world_size:
             raise ValueError(f"{len(self.indices)} training transitions: fewer than one batch of "
                              f"{batch_size * world_size}; collect more episodes")
-        self.epoch, self.cursor = 0, 0
+        self.order = EpochOrder(len(self.indices), batch_size, seed, rank, world_size)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        rows = self.batch_size * self.world_size
-        if self.cursor + rows > len(self.indices):
-            self.epoch, self.cursor = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))
-        start = self.cursor + self.rank * self.batch_size
-        self.cursor += rows
-        batch = self.data.batch(self.indices[order[start : start + self.batch_size]])
+        batch = self.data.batch(self.indices[self.order.next()])
         return {k: batch[k] for k in ("frames", "actions", "next_frames", "rewards")}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self.order.load_state_dict(state)
 
 
 def build_model(args, data: WorldData, device: str):
