@@ -13,7 +13,8 @@ import argparse
 
 import torch
 
-from quatrix.data.images import ImageTextLoader, ImageTextSource
+from quatrix.data.images import ImageTextSource
+from quatrix.data.pairs import PairLoader
 from quatrix.tokenizer import load_model_and_tokenizer
 
 
@@ -24,7 +25,7 @@ def probe(checkpoint: str, batch: int, seed: int) -> dict[str, float]:
         raise SystemExit(f"{checkpoint}: no vision encoder")
     model.eval()
     source = ImageTextSource("clevr", model.config.image_size, seed=seed)
-    b = ImageTextLoader(source, tokenizer, 64, batch, seed=seed).next_batch()
+    b = PairLoader(source, tokenizer, 64, batch, seed=seed).next_batch()
     images = {"real": b["pixel_values"], "zeroed": torch.zeros_like(b["pixel_values"]),
               "another example's": b["pixel_values"].roll(1, 0)}
     loss = {name: model(b["input_ids"], labels=b["labels"], pixel_values=px)["loss"].item()

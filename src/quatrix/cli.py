@@ -81,6 +81,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from quatrix.vision import load_image
 
     text = args.prompt
+    media_given = bool(args.image or args.audio)
+    if text is None and not args.prompt_file and not media_given:
+        raise ValueError("give --prompt or --prompt-file (or --image / --audio)")
     if args.prompt_file:
         path = Path(args.prompt_file)
         if not path.is_file():
@@ -96,24 +99,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--chat needs a checkpoint with a tokenizer (and text, not --ids)")
     if args.ids or tokenizer is None:
         prompt = parse_token_ids(text, "--prompt-file" if args.prompt_file else "--prompt")
-    elif args.chat:  # one user turn in the chat format (with the image slot), ready for the answer
+    elif args.chat:  # one user turn in the chat format (with the media slots), ready for the answer
         from quatrix.chat import END, render
+        from quatrix.tasks.transcribe import INSTRUCTION
 
-        message = {"role": "user", "content": text, **({"image": args.image} if args.image else {})}
-        prompt = render([message], tokenizer, add_generation_prompt=True)[0]
+        if text is None:
+            text = INSTRUCTION if args.audio else "Describe the image."
+        media = {key: getattr(args, key) for key in ("image", "audio") if getattr(args, key)}
+        prompt = render([{"role": "user", "content": text, **media}], tokenizer, add_generation_prompt=True)[0]
         args.stop_id = [*args.stop_id, tokenizer.token_id(END)]
-    else:
-        prompt = tokenizer.encode(text)
+    else:  # as in pretraining: [media] <|endoftext|> caption or transcript
+        prompt = ([tokenizer.eot_id] if media_given else []) + tokenizer.encode(text or "")
         args.stop_id = [*args.stop_id, tokenizer.eot_id]
-    pixels = None
+    media = {}
     if args.image:
         if model.vision is None:
             raise ValueError("--image given but the model has no vision encoder (use_vision=False)")
-        pixels = load_image(args.image, model.config.image_size)[None]
+        media["pixel_values"] = load_image(args.image, model.config.image_size)[None]
+    if args.audio:
+        from quatrix.data.speech import check_clip, read_audio
+
+        if model.audio is None:
+            raise ValueError("--audio given but the model has no audio encoder (use_audio=False)")
+        c = model.config
+        media["mel_values"] = check_clip(read_audio(args.audio, c.sample_rate, c.audio_max_seconds), c.sample_rate,
+                                         c.audio_max_seconds, args.audio)[None]
     steps = stream(
         model, [prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        stop_token_ids=args.stop_id, num_samples=args.num_samples, pixel_values=pixels, truncate=args.truncate,
-        generator=torch.Generator().manual_seed(args.seed),
+        stop_token_ids=args.stop_id, num_samples=args.num_samples, truncate=args.truncate,
+        generator=torch.Generator().manual_seed(args.seed), **media,
     )
     def show(ids: list[int]) -> str:
         return tokenizer.decode(ids) if tokenizer is not None and not args.ids else " ".join(map(str, ids)) + " "
@@ -162,11 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint directory")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a randomly initialised preset (smoke tests)")
-    prompt = gen.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="text (or token ids such as '15496 995' without a tokenizer)")
+    prompt = gen.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="text (or token ids such as '15496 995' without a tokenizer); optional "
+                                         "with --image or --audio")
     prompt.add_argument("--prompt-file", help="a file holding the prompt")
     gen.add_argument("--ids", action="store_true", help="the prompt is token ids even if a tokenizer exists")
     gen.add_argument("--image", help="an image file for models with vision")
+    gen.add_argument("--audio", help="an audio file (WAV, FLAC, any rate) for models with audio: with no --prompt, "
+                                     "the model transcribes it")
     gen.add_argument("--chat", action="store_true",
                      help="send the prompt as a user turn of the chat format and print the assistant's answer "
                           "(for finetuned models)")
@@ -191,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
     what = ev.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", action="append", help="named corpus or path (repeatable): perplexity")
-    what.add_argument("--task", help="NAME[:key=value,...] (a reasoning-gym task or visual_qa): accuracy on its "
-                                     "held-out items")
+    what.add_argument("--task", help="NAME[:key=value,...] (a reasoning-gym task, visual_qa or transcribe): "
+                                     "accuracy on its held-out items")
     ev.add_argument("--split", choices=["val", "train", "all"], default="val")
     ev.add_argument("--seq-len", type=int_at_least(2), default=128)
     ev.add_argument("--batch-size", type=positive_int, default=16)
@@ -322,8 +339,14 @@ def eval_task(args: argparse.Namespace) -> int:
     base = result["baselines"]
     print(f"{args.task}: accuracy {result['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {args.n} held-out items; "
           f"format {result['format_rate']:.3f}; mean completion {result['mean_completion_tokens']:.1f} tokens")
-    text_only = f"; text only (images zeroed) {base['text_only_accuracy']:.3f}" if "text_only_accuracy" in base else ""
-    print(f"baselines: majority answer {base['majority_accuracy']:.3f}{text_only}")
+    blank = "audio" if "audio" in task.media else "images"
+    text_only = f"; text only ({blank} zeroed) {base['text_only_accuracy']:.3f}" if "text_only_accuracy" in base else ""
+    chance = f"; random transcript {base['chance_accuracy']:.3f}" if "chance_accuracy" in base else ""
+    print(f"baselines: majority answer {base['majority_accuracy']:.3f}{text_only}{chance}")
+    if "wer" in result:
+        print(f"error rates (word / character): model {result['wer']:.3f} / {result['cer']:.3f}; majority "
+              f"{base['majority_wer']:.3f} / {base['majority_cer']:.3f}; random transcript {base['chance_wer']:.3f} / "
+              f"{base['chance_cer']:.3f}; audio zeroed {base['text_only_wer']:.3f} / {base['text_only_cer']:.3f}")
     if "accuracy_by_kind" in result:
         print(f"  {'kind':>10}  model  {'text only' if text_only else ''}  majority")
         for kind, accuracy in result["accuracy_by_kind"].items():
@@ -335,7 +358,8 @@ def eval_task(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    """Multi-turn chat: a line is a user turn; /reset, /system TEXT, /image PATH, /quit. Reads a pipe too."""
+    """Multi-turn chat: a line is a user turn; /reset, /system TEXT, /image PATH, /audio PATH, /quit. Reads a
+    pipe too."""
     from quatrix.session import ChatSession
     from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer
 
@@ -347,8 +371,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     device = str(next(model.parameters()).device)
     if interactive:
-        print("quatrix chat: /reset clears the conversation, /system TEXT sets the system message, /image PATH sends "
-              "an image with the next message, /quit leaves")
+        print("quatrix chat: /reset clears the conversation, /system TEXT sets the system message, /image PATH and "
+              "/audio PATH send an image or a clip with the next message, /quit leaves")
     while True:
         if interactive:
             print("you> ", end="", flush=True)
@@ -369,15 +393,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
             session.reset()
             print(f"(system message {'set' if session.system else 'cleared'}; conversation cleared)")
             continue
-        if line.startswith("/image"):
+        command = line.split()[0]
+        if command in ("/image", "/audio"):
             try:
-                session.attach_image(line[len("/image"):].strip())
-                print("(image attached to your next message)")
+                attach = session.attach_image if command == "/image" else session.attach_audio
+                attach(line[len(command):].strip())
+                print(f"({command[1:]} attached to your next message)")
             except (ValueError, FileNotFoundError) as e:
                 print(f"(error: {e})")
             continue
         if line.startswith("/"):
-            print(f"(unknown command {line.split()[0]}; try /reset, /system TEXT, /image PATH, /quit)")
+            print(f"(unknown command {command}; try /reset, /system TEXT, /image PATH, /audio PATH, /quit)")
             continue
         if interactive:
             print("quatrix> ", end="", flush=True)

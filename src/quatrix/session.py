@@ -16,8 +16,9 @@ class ChatSession:
     """Keeps the conversation; `reply(text)` streams the assistant's answer as text pieces
     and adds both turns to the history. When the history no longer fits the model's
     context beside max_new_tokens, the oldest exchanges are dropped (the system message
-    stays; an image goes with the turn that brought it). `attach_image(path)` sends an
-    image with the next message, for models with vision."""
+    stays; an image or clip goes with the turn that brought it). `attach_image(path)` and
+    `attach_audio(path)` send an image or a clip with the next message, for models with
+    vision or audio."""
 
     def __init__(self, model, tokenizer, *, system: str | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.7, top_k: int = 0, top_p: float = 0.95, seed: int = 0):
@@ -29,11 +30,11 @@ class ChatSession:
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.system = system
         self.turns: list[dict] = []
-        self.pending_image = None  # attached by attach_image, sent with the next user turn
+        self.pending: dict = {}  # "image" / "audio" attached, sent with the next user turn
 
     def reset(self) -> None:
         self.turns = []
-        self.pending_image = None
+        self.pending = {}
 
     def attach_image(self, path) -> None:
         """Send an image file with the next message. The model reads one image per
@@ -42,23 +43,39 @@ class ChatSession:
 
         if self.model.vision is None:
             raise ValueError("this model has no vision encoder, so it cannot see images")
-        if self.pending_image is not None or self.image() is not None:
-            raise ValueError("this conversation already has an image (the model reads one); /reset first")
-        self.pending_image = load_image(path, self.model.config.image_size)
+        self._check_free("image")
+        self.pending["image"] = load_image(path, self.model.config.image_size)
+
+    def attach_audio(self, path) -> None:
+        """Send an audio file (WAV, FLAC; any sample rate) with the next message; one clip
+        per conversation, as for images."""
+        from quatrix.data.speech import check_clip, read_audio
+
+        config = self.model.config
+        if self.model.audio is None:
+            raise ValueError("this model has no audio encoder, so it cannot hear audio")
+        self._check_free("audio")
+        wave = read_audio(path, config.sample_rate, config.audio_max_seconds)
+        self.pending["audio"] = check_clip(wave, config.sample_rate, config.audio_max_seconds, str(path))
+
+    def _check_free(self, key: str) -> None:
+        if key in self.pending or self.attached(key) is not None:
+            raise ValueError(f"this conversation already has {'an image' if key == 'image' else 'a clip'} "
+                             f"(the model takes one); /reset first")
+
+    def attached(self, key: str):
+        """The conversation's image or clip, if a turn still in the history carries one."""
+        return next((t[key] for t in self.turns if t.get(key) is not None), None)
 
     def image(self):
-        """The conversation's image, if a turn still in the history carries one."""
-        return next((t["image"] for t in self.turns if t.get("image") is not None), None)
+        return self.attached("image")
 
     def set_system(self, text: str | None) -> None:
         self.system = text.strip() or None if text else None
 
     def messages(self, user: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        turn = {"role": "user", "content": user}
-        if self.pending_image is not None:
-            turn["image"] = self.pending_image
-        return head + self.turns + [turn]
+        return head + self.turns + [{"role": "user", "content": user, **self.pending}]
 
     def prompt_ids(self, user: str) -> list[int]:
         """The rendered prompt, dropping the oldest exchanges until it fits."""
@@ -76,14 +93,18 @@ class ChatSession:
         if not user.strip():
             raise ValueError("empty message")
         prompt = self.prompt_ids(user)
-        image = self.pending_image if self.pending_image is not None else self.image()
-        pixels = None if image is None else image[None].to(next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        media = {}
+        for key, model_key in (("image", "pixel_values"), ("audio", "mel_values")):
+            value = self.pending.get(key, self.attached(key))
+            if value is not None:
+                media[model_key] = value[None].to(device)
         end = self.tokenizer.token_id(END)
         tokens: list[int] = []
         shown = ""
         for new, active in stream(self.model, [prompt], self.max_new_tokens, temperature=self.temperature,
                                   top_k=self.top_k, top_p=self.top_p, stop_token_ids=[end], generator=self.generator,
-                                  pixel_values=pixels):
+                                  **media):
             if not bool(active[0]) or int(new[0]) == end:
                 break
             tokens.append(int(new[0]))
@@ -95,4 +116,4 @@ class ChatSession:
         if len(text) > len(shown):
             yield text[len(shown):]
         self.turns += [self.messages(user)[-1], {"role": "assistant", "content": text.strip() or "…"}]
-        self.pending_image = None
+        self.pending = {}

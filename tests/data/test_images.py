@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from quatrix.data.images import (ImageTextLoader, ImageTextSource, clevr_scene, describe, draw_scene)
+from quatrix.data.images import ImageTextSource, clevr_scene, describe, draw_scene
+from quatrix.data.pairs import PairLoader
 from quatrix.data.mixture import Mixture, parse_mixture
 from quatrix.data.text import TokenLoader
 from quatrix.tokenizer import train_tokenizer
@@ -85,7 +86,7 @@ def test_unreadable_image_and_missing_caption(tmp_path):
 
 
 def test_image_loader_batches_and_resume(tokenizer):
-    loader = ImageTextLoader(ImageTextSource("digits", 16), tokenizer, seq_len=40, batch_size=4, seed=0)
+    loader = PairLoader(ImageTextSource("digits", 16), tokenizer, seq_len=40, batch_size=4, seed=0)
     batch = loader.next_batch()
     assert batch["pixel_values"].shape == (4, 3, 16, 16) and batch["input_ids"].shape == (4, 40)
     eot = tokenizer.eot_id
@@ -95,14 +96,14 @@ def test_image_loader_batches_and_resume(tokenizer):
     assert (labels[labels == -100].numel() == 0) or (row[labels == -100] == eot).all()
     state = loader.state_dict()
     after = loader.next_batch()
-    again = ImageTextLoader(ImageTextSource("digits", 16), tokenizer, seq_len=40, batch_size=4, seed=0)
+    again = PairLoader(ImageTextSource("digits", 16), tokenizer, seq_len=40, batch_size=4, seed=0)
     again.load_state_dict(state)
     assert torch.equal(again.next_batch()["pixel_values"], after["pixel_values"])
 
 
 def test_mixture_picks_sources_by_weight_and_step(tokenizer):
     text = TokenLoader(np.arange(5000, dtype=np.uint16) % 300, 16, 2)
-    images = ImageTextLoader(ImageTextSource("clevr", 16), tokenizer, 16, 2)
+    images = PairLoader(ImageTextSource("clevr", 16), tokenizer, 16, 2)
     mix = Mixture({"text": text, "image": images}, parse_mixture("text=0.7,image=0.3"), seed=0)
     names = [mix.next_batch(step)[0] for step in range(200)]
     assert 0.6 < names.count("text") / 200 < 0.8
@@ -112,9 +113,9 @@ def test_mixture_picks_sources_by_weight_and_step(tokenizer):
     assert set(batch) >= {"input_ids", "labels"}
 
 
-@pytest.mark.parametrize("spec, message", [("text=1,audio=1", "NAME in"), ("text", "NAME=WEIGHT"),
+@pytest.mark.parametrize("spec, message", [("text=1,video=1", "NAME in"), ("text=1,text=2", "twice"), ("text", "NAME=WEIGHT"),
                                            ("text=x", "not a number"), ("text=0", "sum to zero"),
-                                           ("text=-1,image=2", "negative")])
+                                           ("text=-1,image=2", "non-negative"), ("text=1,image=inf", "finite")])
 def test_bad_mixture(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_mixture(spec)

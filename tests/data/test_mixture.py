@@ -22,7 +22,7 @@ class Counter:
 def test_parse_mixture():
     assert parse_mixture("text=0.7, image=0.3") == {"text": 0.7, "image": 0.3}
     assert parse_mixture("text=1,image=0") == {"text": 1.0}
-    for spec, message in [("audio=1", "NAME=WEIGHT"), ("text", "NAME=WEIGHT"), ("text=x", "not a number"),
+    for spec, message in [("video=1", "NAME=WEIGHT"), ("text", "NAME=WEIGHT"), ("text=x", "not a number"),
                           ("text=-1", "negative"), ("text=0", "sum to zero")]:
         with pytest.raises(ValueError, match=message):
             parse_mixture(spec)

@@ -5,6 +5,7 @@ import torch
 
 from quatrix.data.sft import (ConversationSource, SFTLoader, chitchat_conversations, collate, is_validation,
                               render_example)
+from quatrix.config import preset
 from quatrix.tokenizer import load_tokenizer
 
 
@@ -80,10 +81,10 @@ def test_images_in_conversations_are_loaded_relative_to_the_file(tmp_path, tok):
     convs = [[{"role": "user", "content": f"colour {i}?", "image": "red.png"}, {"role": "assistant", "content": "red"}]
              for i in range(8)]
     source = ConversationSource(str(write_jsonl(tmp_path / "v.jsonl", convs)), tok, seq_len=64)
-    batch = SFTLoader(source, 2, tok.eot_id, image_size=16).next_batch()
+    batch = SFTLoader(source, 2, tok.eot_id, preset("tiny", image_size=16)).next_batch()
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
     mixed = convs[:4] + [conversation(1)] * 4
-    with pytest.raises(ValueError, match="every conversation carries an image or none"):
+    with pytest.raises(ValueError, match="every conversation carries image or none"):
         ConversationSource(str(write_jsonl(tmp_path / "m.jsonl", mixed)), tok, seq_len=64)
     missing = [[{"role": "user", "content": "?", "image": "nope.png"}, {"role": "assistant", "content": "x"}]]
     with pytest.raises(FileNotFoundError, match="nope.png"):

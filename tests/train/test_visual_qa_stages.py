@@ -91,7 +91,7 @@ def test_an_unreadable_image_is_named(vision_checkpoint, tmp_path):
         session.attach_image(tmp_path / "missing.png")
     session.attach_image(_grey(tmp_path))
     assert "".join(session.reply("what colour?")) is not None
-    assert session.image() is not None and session.pending_image is None
+    assert session.image() is not None and not session.pending
     session.reset()
     assert session.image() is None
 

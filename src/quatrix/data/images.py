@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.data.order import EpochOrder
 from quatrix.vision import image_to_tensor, load_image
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -88,6 +87,9 @@ class ImageTextSource:
     """example(i) -> ([3, S, S] image, text), deterministic in (seed, i); `size` examples
     (None: endless, generated)."""
 
+    key = "pixel_values"  # the model's keyword for this medium
+    stack = staticmethod(torch.stack)
+
     def __init__(self, name_or_path: str, image_size: int, seed: int = 0):
         self.image_size, self.seed = image_size, seed
         self.size: int | None
@@ -155,45 +157,3 @@ def _utf8(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None
-
-
-class ImageTextLoader:
-    """Batches {input_ids [B, L], labels [B, L] (-100 on padding), pixel_values [B, 3, S, S]}:
-    each caption is tokenized between two end-of-text tokens (the first one, after the image,
-    lets the model predict the caption's first word), cut to L tokens and right-padded.
-    Finite sources are reshuffled every epoch; rank r takes its rows of each global batch."""
-
-    def __init__(self, source: ImageTextSource, tokenizer, seq_len: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        self.source, self.tokenizer, self.seq_len, self.batch_size = source, tokenizer, seq_len, batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        if source.size is not None and source.size < batch_size * world_size:
-            raise ValueError(f"{source.size} image-text pairs: fewer than one batch of {batch_size * world_size}")
-        self.order = EpochOrder(source.size, batch_size, seed, rank, world_size) if source.size is not None else None
-        self.cursor = 0  # position in an endless source
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        if self.order is not None:
-            positions = self.order.next().tolist()
-        else:
-            start = self.cursor + self.rank * self.batch_size
-            positions = range(start, start + self.batch_size)
-            self.cursor += self.batch_size * self.world_size
-        examples = [self.source.example(p) for p in positions]
-        ids = torch.full((self.batch_size, self.seq_len), self.tokenizer.eot_id, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        for i, (_, text) in enumerate(examples):
-            eot = self.tokenizer.eot_id
-            tokens = ([eot] + self.tokenizer.encode(text) + [eot])[: self.seq_len]
-            ids[i, : len(tokens)] = torch.tensor(tokens)
-            labels[i, : len(tokens)] = ids[i, : len(tokens)]
-        return {"input_ids": ids, "labels": labels, "pixel_values": torch.stack([img for img, _ in examples])}
-
-    def state_dict(self) -> dict:
-        return self.order.state_dict() if self.order is not None else {"epoch": 0, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.order is not None:
-            self.order.load_state_dict(state)
-        else:
-            self.cursor = state["cursor"]

@@ -1,5 +1,6 @@
 """A mixture of data sources: each optimizer step draws its whole batch from one source,
-chosen with the given weights (as the Quatrix paper trains on text and image-text).
+chosen with the given weights (as the Quatrix paper trains on text, image-text, audio-text
+and world-model transitions).
 
 The choice depends only on (seed, step), so every rank picks the same source at a step and
 a resumed run makes the same choices."""
@@ -9,23 +10,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SOURCES = ("text", "image")
+SOURCES = ("text", "image", "audio", "world")
 
 
 def parse_mixture(spec: str) -> dict[str, float]:
-    """'text=0.7,image=0.3' -> {'text': 0.7, 'image': 0.3} (weights are normalised later)."""
+    """'text=0.7,image=0.3' -> {'text': 0.7, 'image': 0.3} (weights are normalised later;
+    a source named twice is an error, a zero weight drops it)."""
     weights = {}
     for part in spec.split(","):
         name, sep, value = part.partition("=")
         name = name.strip()
         if not sep or name not in SOURCES:
             raise ValueError(f"--mixture: expected NAME=WEIGHT with NAME in {SOURCES}, got {part!r}")
+        if name in weights:
+            raise ValueError(f"--mixture: {name} is given twice")
         try:
             weights[name] = float(value)
         except ValueError:
             raise ValueError(f"--mixture: weight of {name} is not a number: {value!r}") from None
-        if weights[name] < 0:
-            raise ValueError(f"--mixture: weight of {name} is negative")
+        if not 0 <= weights[name] < float("inf"):
+            raise ValueError(f"--mixture: weight of {name} must be a finite non-negative number, got {value!r}")
     if sum(weights.values()) <= 0:
         raise ValueError("--mixture: weights sum to zero")
     return {k: v for k, v in weights.items() if v > 0}

@@ -2,8 +2,8 @@
 (ids, loss mask) examples and served as right-padded batches.
 
 Sources (`quatrix sft --data SOURCE`):
-  PATH.jsonl         one {"messages": [...]} per line (a user turn may carry "image": a path,
-                     relative to the file)
+  PATH.jsonl         one {"messages": [...]} per line (a user turn may carry "image" or
+                     "audio": a path, relative to the file)
   chitchat           the chitchat-dataset's conversations, cut into runs of up to six turns
                      (the first speaker is the user)
   task:NAME[:k=v,..] an endless stream of a task's training items (quatrix.tasks), each a
@@ -38,21 +38,26 @@ class Example:
     ids: list[int]
     mask: list[int]
     image: object = None  # a [3, S, S] tensor, an image path, or None
+    audio: object = None  # a [T] waveform at the model's sample rate, an audio path, or None
 
 
 def render_example(messages: list[dict], tokenizer) -> Example:
     ids, mask = render(messages, tokenizer, need_assistant=True)
-    images = [m["image"] for m in messages if m.get("image") is not None]
-    if len(images) > 1:
-        raise ValueError("a conversation can carry at most one image (the model takes one image prefix)")
-    if any(m.get("audio") is not None for m in messages):
-        raise ValueError("audio turns are not supported by supervised finetuning yet")
-    return Example(ids, mask, images[0] if images else None)
+    media = {}
+    for key in ("image", "audio"):
+        found = [m[key] for m in messages if m.get(key) is not None]
+        if len(found) > 1:
+            raise ValueError(f"a conversation can carry at most one {key} (the model takes one {key} prefix)")
+        media[key] = found[0] if found else None
+    return Example(ids, mask, **media)
 
 
-def collate(examples: list[Example], pad_id: int, image_size: int | None = None) -> dict[str, torch.Tensor]:
+def collate(examples: list[Example], pad_id: int, config=None) -> dict[str, torch.Tensor]:
     """Right-padded input_ids and labels [B, L] (L = the longest example; labels -100 off the
-    loss mask and on padding), and pixel_values [B, 3, S, S] when the examples carry images."""
+    loss mask and on padding), and pixel_values [B, 3, S, S] / mel_values [B, T] (clips
+    padded with silence) when the examples carry images / audio. Paths are read here, at the
+    model `config`'s image size and sample rate."""
+    from quatrix.data.speech import check_clip, pad_waves, read_audio
     from quatrix.vision import load_image
 
     L = max(len(e.ids) for e in examples)
@@ -63,13 +68,21 @@ def collate(examples: list[Example], pad_id: int, image_size: int | None = None)
         ids[i, : len(e.ids)] = row
         labels[i, : len(e.ids)] = torch.where(torch.tensor(e.mask, dtype=torch.bool), row, -100)
     batch = {"input_ids": ids, "labels": labels}
-    with_image = [e.image is not None for e in examples]
-    if any(with_image):
-        if not all(with_image):
-            raise ValueError("a batch mixes conversations with and without images")
+    if _carrying(examples, "image"):
         batch["pixel_values"] = torch.stack([e.image if isinstance(e.image, torch.Tensor) else
-                                             load_image(e.image, image_size) for e in examples])
+                                             load_image(e.image, config.image_size) for e in examples])
+    if _carrying(examples, "audio"):
+        rate, longest = config.sample_rate, config.audio_max_seconds
+        batch["mel_values"] = pad_waves([check_clip(e.audio, rate, longest) if isinstance(e.audio, torch.Tensor) else
+                                         read_audio(e.audio, rate, longest) for e in examples])
     return batch
+
+
+def _carrying(examples: list[Example], key: str) -> bool:
+    carried = [getattr(e, key) is not None for e in examples]
+    if any(carried) and not all(carried):
+        raise ValueError(f"a batch mixes conversations with and without {key}")
+    return any(carried)
 
 
 def is_validation(messages: list[dict]) -> bool:
@@ -107,7 +120,7 @@ class ConversationSource:
             resolved = conversations
         elif Path(spec).suffix == ".jsonl" or Path(spec).is_file():
             conversations = read_conversations(spec)
-            resolved = [_resolve_images(c, Path(spec).parent) for c in conversations]
+            resolved = [_resolve_media(c, Path(spec).parent) for c in conversations]
         else:
             raise FileNotFoundError(f"SFT data not found: {spec} (a .jsonl file, chitchat, or task:NAME)")
         train, val, skipped = [], [], 0
@@ -124,9 +137,9 @@ class ConversationSource:
         if not train:  # a handful of conversations, all hashed into the held-out share: train on them anyway
             log(f"sft: {spec}: too few conversations to hold any out; validating on training conversations")
             train = val
-        kinds = {e.image is not None for e in train + val}
-        if len(kinds) > 1:
-            raise ValueError(f"{spec}: either every conversation carries an image or none does")
+        for key in ("image", "audio"):
+            if len({getattr(e, key) is not None for e in train + val}) > 1:
+                raise ValueError(f"{spec}: either every conversation carries {key} or none does")
         self.train, self.val, self.skipped = train, val, skipped
 
     def validation(self, n: int) -> list[Example]:
@@ -136,14 +149,22 @@ class ConversationSource:
         return [e for e in examples if len(e.ids) <= self.seq_len]
 
 
-def _resolve_images(messages: list[dict], root: Path) -> list[dict]:
+    def media(self) -> set[str]:
+        """Which media ("image", "audio") this source's conversations carry."""
+        if self.task is not None:
+            return set(self.task.media)
+        return {key for key in ("image", "audio") if any(getattr(e, key) is not None for e in self.train[:1])}
+
+
+def _resolve_media(messages: list[dict], root: Path) -> list[dict]:
     out = []
     for m in messages:
-        if isinstance(m.get("image"), str):
-            path = Path(m["image"]) if Path(m["image"]).is_absolute() else root / m["image"]
-            if not path.is_file():
-                raise FileNotFoundError(f"image not found: {path}")
-            m = {**m, "image": str(path)}
+        for key in ("image", "audio"):
+            if isinstance(m.get(key), str):
+                path = Path(m[key]) if Path(m[key]).is_absolute() else root / m[key]
+                if not path.is_file():
+                    raise FileNotFoundError(f"{key} file not found: {path}")
+                m = {**m, key: str(path)}
         out.append(m)
     return out
 
@@ -155,9 +176,9 @@ class SFTLoader:
 
     RANK_STRIDE = 1 << 40  # task items per rank: the ranks' ranges never meet
 
-    def __init__(self, source: ConversationSource, batch_size: int, pad_id: int, image_size: int | None = None,
+    def __init__(self, source: ConversationSource, batch_size: int, pad_id: int, config=None,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.source, self.batch_size, self.pad_id, self.image_size = source, batch_size, pad_id, image_size
+        self.source, self.batch_size, self.pad_id, self.config = source, batch_size, pad_id, config
         if source.task is None and len(source.train) < batch_size * world_size:
             raise ValueError(f"{source.spec}: {len(source.train)} training conversations, fewer than one batch of "
                              f"{batch_size * world_size}")
@@ -169,7 +190,7 @@ class SFTLoader:
             examples = self._task_examples()
         else:
             examples = [self.source.train[int(i)] for i in self.order.next()]
-        return collate(examples, self.pad_id, self.image_size)
+        return collate(examples, self.pad_id, self.config)
 
     def _task_examples(self) -> list[Example]:
         examples = []

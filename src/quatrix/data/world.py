@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quatrix.data.order import EpochOrder
+
 from quatrix.io import atomic_path, atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
@@ -192,3 +194,26 @@ class WorldData:
                 "positions": torch.from_numpy(self.positions[t]), "next_positions": torch.from_numpy(self.positions[t + 1]),
                 "directions": torch.from_numpy(self.directions[t]),
                 "next_directions": torch.from_numpy(self.directions[t + 1])}
+
+
+class WorldLoader:
+    """Batches of training transitions in a seeded order, reshuffled every epoch; rank r
+    takes its rows of each global batch; the position is plain data."""
+
+    def __init__(self, data: WorldData, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.data = data
+        self.indices = data.split("train")
+        if len(self.indices) < batch_size * world_size:
+            raise ValueError(f"{len(self.indices)} training transitions: fewer than one batch of "
+                             f"{batch_size * world_size}; collect more episodes")
+        self.order = EpochOrder(len(self.indices), batch_size, seed, rank, world_size)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        batch = self.data.batch(self.indices[self.order.next()])
+        return {k: batch[k] for k in ("frames", "actions", "next_frames", "rewards")}
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)

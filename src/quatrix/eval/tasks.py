@@ -32,32 +32,34 @@ class Completions:
         return sum(len(t) + (not cut) for t, cut in zip(self.tokens, self.truncated))
 
 
-def prompt_batch(task, items, tokenizer, config, blank_images: bool = False):
-    """Rendered prompts (with the assistant opening) and the items' images ([B, 3, S, S] or
-    None; all zeros with blank_images, the text-only baseline)."""
+def prompt_batch(task, items, tokenizer, config, blank_media: bool = False):
+    """Rendered prompts (with the assistant opening) and the items' media as model keywords:
+    pixel_values [B, 3, S, S] and / or mel_values [B, T] (clips padded with silence); all
+    zeros with blank_media, the text-only baseline."""
+    from quatrix.data.speech import pad_waves
+
     prompts = [render(task.prompt(item), tokenizer, add_generation_prompt=True)[0] for item in items]
-    images = [item.image for item in items]
-    if any(image is not None for image in images):
-        if not config.use_vision:
-            raise ValueError(f"task {task.name} asks about images, but this model has no vision encoder")
-        pixels = torch.stack(images)
-        if blank_images:
-            pixels = torch.zeros_like(pixels)
-    else:
-        pixels = None
-    return prompts, pixels
+    media = {}
+    for key, model_key, stack, flag, encoder in (("image", "pixel_values", torch.stack, "use_vision", "vision"),
+                                                 ("audio", "mel_values", pad_waves, "use_audio", "audio")):
+        values = [getattr(item, key) for item in items]
+        if any(v is not None for v in values):
+            if not getattr(config, flag):
+                raise ValueError(f"task {task.name} needs {key} input, but this model has no {encoder} encoder")
+            media[model_key] = torch.zeros_like(stack(values)) if blank_media else stack(values)
+    return prompts, media
 
 
 def complete(model, tokenizer, task, items, *, num_samples: int = 1, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             blank_images: bool = False) -> Completions:
-    prompts, pixels = prompt_batch(task, items, tokenizer, model.config, blank_images)
+             blank_media: bool = False) -> Completions:
+    prompts, media = prompt_batch(task, items, tokenizer, model.config, blank_media)
     device = next(model.parameters()).device
     stats: dict = {}
     start = time.perf_counter()
     out = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, num_samples=num_samples,
                    stop_token_ids=[tokenizer.token_id(END)], generator=generator, stats=stats,
-                   pixel_values=None if pixels is None else pixels.to(device))
+                   **{k: v.to(device) for k, v in media.items()})
     seconds = time.perf_counter() - start
     return Completions(tokens=out.tokens, texts=[tokenizer.decode(t) for t in out.tokens],
                        truncated=[r == "length" for r in out.finish_reasons], prompt_ids=prompts,
@@ -87,26 +89,38 @@ def majority_answers(task, n: int = 2000) -> dict[str, str]:
     from collections import Counter
 
     counts: dict[str, Counter] = {}
-    index = 0
-    for _ in range(n):
-        item, index = task.train_item(index)
-        counts.setdefault(item.kind, Counter())[item.answer] += 1
+    for kind, answer in task.train_answers(n):
+        counts.setdefault(kind, Counter())[answer] += 1
     return {kind: c.most_common(1)[0][0] for kind, c in counts.items()}
 
 
 def baselines(model, tokenizer, task, items, *, batch_size: int, max_new_tokens: int) -> dict:
     """What the answers would score without the model's skill: the majority answer of each
-    kind, and, for tasks with images, the same model with every image replaced by zeros."""
+    kind, and, for tasks with images or audio, the same model with every image or clip
+    replaced by zeros; for transcription also a random training transcript (chance), and
+    the error rates of all three."""
     majority = majority_answers(task)
-    guess = [task.score(majority.get(item.kind, ""), item) >= 1.0 for item in items]
+    guesses = [majority.get(item.kind, "") for item in items]
+    guess = [task.score(g, item) >= 1.0 for g, item in zip(guesses, items)]
     out = {"majority_accuracy": _mean(guess), "majority_answers": majority}
-    if items[0].image is not None:
-        solved = []
+    transcribes = getattr(task, "transcribes", False)
+    if transcribes:
+        from quatrix.tasks.transcribe import random_transcripts
+
+        out.update(_error_rates("majority", items, guesses))
+        chance = random_transcripts(task, len(items))
+        out["chance_accuracy"] = _mean(task.score(c, item) >= 1.0 for c, item in zip(chance, items))
+        out.update(_error_rates("chance", items, chance))
+    if task.media:
+        solved, texts = [], []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            texts = complete(model, tokenizer, task, chunk, max_new_tokens=max_new_tokens, blank_images=True).texts
-            solved += [task.score_text(text, item) >= 1.0 for text, item in zip(texts, chunk)]
+            chunk_texts = complete(model, tokenizer, task, chunk, max_new_tokens=max_new_tokens, blank_media=True).texts
+            solved += [task.score_text(text, item) >= 1.0 for text, item in zip(chunk_texts, chunk)]
+            texts += chunk_texts
         out["text_only_accuracy"] = _mean(solved)
+        if transcribes:
+            out.update(_error_rates("text_only", items, texts))
     else:
         solved = None
     kinds = sorted({item.kind for item in items if item.kind})
@@ -127,6 +141,7 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
     samples per item at `temperature`; with_baselines, the `baselines` beside it."""
     items = task.eval_items(n)
     scored: list[Scored] = []
+    texts: list[str] = []
     lengths: list[int] = []
     passes: list[float] = []
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -136,6 +151,7 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
         scored += [score_completion(task, item, text, len(t), max_new_tokens, DEFAULT_WEIGHTS)
                    for item, text, t in zip(chunk, out.texts, out.tokens)]
         lengths += [len(t) for t in out.tokens]
+        texts += out.texts
         if pass_k:
             k_samples = samples or pass_k
             sampled = complete(model, tokenizer, task, chunk, num_samples=k_samples, max_new_tokens=max_new_tokens,
@@ -148,6 +164,8 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
     low, high = wilson_interval(solved, n)
     result = {"task": task.name, "n": n, "accuracy": solved / n, "ci95": [low, high],
               "format_rate": sum(s.format for s in scored) / n, "mean_completion_tokens": sum(lengths) / n}
+    if getattr(task, "transcribes", False):
+        result.update(_error_rates("", items, texts))
     kinds = sorted({item.kind for item in items if item.kind})
     if kinds:
         result["accuracy_by_kind"] = {k: _mean(s.solved for s, it in zip(scored, items) if it.kind == k)
@@ -158,6 +176,21 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
         result["baselines"] = baselines(model, tokenizer, task, items, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens)
     return result
+
+
+def _error_rates(prefix: str, items, texts: list[str]) -> dict[str, float]:
+    """Corpus word and character error rates of `texts` against the items' transcripts
+    (edits summed over the set, over the reference length summed), normalised alike."""
+    from quatrix.data.speech import error_counts, normalise_transcript
+
+    out = {}
+    for unit, name in (("word", "wer"), ("char", "cer")):
+        edits = reference = 0
+        for item, text in zip(items, texts):
+            e, r = error_counts(normalise_transcript(item.answer), normalise_transcript(text), unit)
+            edits, reference = edits + e, reference + r
+        out[f"{prefix}_{name}" if prefix else name] = edits / max(reference, 1)
+    return out
 
 
 def _mean(values) -> float:

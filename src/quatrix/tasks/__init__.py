@@ -2,6 +2,7 @@
 
     task = load_task("chain_sum", seed=0, max_terms=3, max_digits=1)   # any reasoning-gym task
     task = load_task("visual_qa")                                     # questions about CLEVR-style scenes
+    task = load_task("transcribe", data="spoken-digits")              # speech recognition, unseen voices
     item = task.train_item(0); messages = task.prompt(item); task.score("15", item)
 
 Every task splits its items into a training stream and a held-out set by a hash of the
@@ -18,28 +19,38 @@ from typing import Any
 from quatrix.tasks.base import HELD_OUT_EVERY, REASONING_INSTRUCTION, Item, Task  # noqa: F401
 
 VISUAL_QA = "visual_qa"
+TRANSCRIBE = "transcribe"
+OWN_TASKS = (VISUAL_QA, TRANSCRIBE)  # Quatrix's own tasks, beside reasoning-gym's
 
 
 def task_names() -> list[str]:
-    """Every task name load_task accepts: reasoning-gym's whole registry, and visual_qa."""
+    """Every task name load_task accepts: reasoning-gym's whole registry, visual_qa, transcribe."""
     from quatrix.tasks.reasoning import reasoning_gym_names
 
-    return sorted([*reasoning_gym_names(), VISUAL_QA])
+    return sorted([*reasoning_gym_names(), *OWN_TASKS])
 
 
 def load_task(name: str, *, seed: int = 0, **options: Any) -> Task:
-    """The task called `name` (a reasoning-gym dataset, or visual_qa), configured by
-    `options` (the dataset's own config fields, e.g. max_terms=3 for chain_sum)."""
+    """The task called `name` (a reasoning-gym dataset, visual_qa or transcribe), configured
+    by `options` (the dataset's own config fields, e.g. max_terms=3 for chain_sum)."""
     if name == VISUAL_QA:
         from quatrix.tasks.visual_qa import VisualQATask
 
         return VisualQATask(seed=seed, **options)
+    if name == TRANSCRIBE:
+        from quatrix.tasks.transcribe import TranscribeTask
+
+        try:
+            return TranscribeTask(seed=seed, **options)
+        except TypeError as e:
+            raise ValueError(f"task transcribe: {e}") from None
     from quatrix.tasks.reasoning import ReasoningGymTask, reasoning_gym_names
 
     names = reasoning_gym_names()
     if name not in names:
-        close = difflib.get_close_matches(name, [*names, VISUAL_QA], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(names) + 1} tasks: see `quatrix tasks`)"
+        close = difflib.get_close_matches(name, [*names, *OWN_TASKS], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else \
+            f" ({len(names) + len(OWN_TASKS)} tasks: see `quatrix tasks`)"
         raise ValueError(f"unknown task {name!r}{hint}")
     return ReasoningGymTask(name, seed=seed, **options)
 
@@ -64,10 +75,16 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def task_from_spec(spec: str, seed: int = 0, config=None) -> Task:
     """The task a spec names. With a model `config`, visual_qa draws its scenes at the
-    model's image size unless the spec says otherwise."""
+    model's image size, and transcribe its clips at the model's sample rate and length limit,
+    unless the spec says otherwise."""
     name, options = parse_task_spec(spec)
     if name == VISUAL_QA and config is not None:
         if not config.use_vision:
             raise ValueError(f"task {VISUAL_QA} asks about images, but this model has no vision encoder")
         options.setdefault("image_size", config.image_size)
+    if name == TRANSCRIBE and config is not None:
+        if not config.use_audio:
+            raise ValueError(f"task {TRANSCRIBE} needs audio, but this model has no audio encoder")
+        options.setdefault("sample_rate", config.sample_rate)
+        options.setdefault("max_seconds", config.audio_max_seconds)
     return load_task(name, seed=seed, **options)

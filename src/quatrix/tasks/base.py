@@ -17,12 +17,14 @@ REASONING_INSTRUCTION = ("Think step by step inside <think> </think>, then give 
 @dataclass
 class Item:
     """One question. `entry` is whatever the task's checker needs; `image` a [3, S, S]
-    tensor for visual tasks; `solution` a worked solution where the task has one."""
+    tensor for visual tasks, `audio` a [T] waveform for spoken ones; `solution` a worked
+    solution where the task has one."""
 
     question: str
     answer: str
     entry: Any = None
     image: Tensor | None = None
+    audio: Tensor | None = None
     solution: str | None = None
     kind: str = ""  # the question's type, where the task has several (visual QA)
     key: str = ""  # what the held-out split hashes: the question, plus the scene for visual tasks
@@ -39,9 +41,15 @@ def held_out(key: str) -> bool:
 
 class Task:
     """Subclasses give `name`, `generate(split, index) -> Item` (deterministic in the seed,
-    split and index) and `score(answer, item) -> float in [0, 1]`."""
+    split and index) and `score(answer, item) -> float in [0, 1]`; `media` names what the
+    model must take besides text ("image", "audio")."""
 
     name: str
+    media: tuple[str, ...] = ()
+
+    def is_held_out(self, item: Item) -> bool:
+        """Whether the item belongs to the held-out set (by default a hash of its key)."""
+        return held_out(item.key)
 
     def generate(self, split: str, index: int) -> Item:
         raise NotImplementedError
@@ -55,16 +63,32 @@ class Task:
 
         return self.score(extract_answer(completion), item)
 
+    def format_score(self, completion: str) -> float:
+        """1.0 when the completion has the task's answer format (by default the reasoning
+        format, <think>…</think><answer>…</answer>), else 0.0."""
+        from quatrix.tasks.rewards import format_reward
+
+        return format_reward(completion)
+
     def train_item(self, index: int) -> tuple[Item, int]:
         """The first training item at raw index >= `index`, and the raw index after it
         (held-out questions are skipped). A loader keeps that index as its position."""
         for _ in range(100 * HELD_OUT_EVERY):
             item = self.generate("train", index)
             index += 1
-            if not held_out(item.key):
+            if not self.is_held_out(item):
                 return item, index
         raise ValueError(f"task {self.name}: no training question in {100 * HELD_OUT_EVERY} tries; "
                            "its question space is too small to split")
+
+    def train_answers(self, n: int) -> list[tuple[str, str]]:
+        """(kind, answer) of the first n training items: what the majority baseline counts.
+        Tasks whose items are costly to make (audio) give the answers without the media."""
+        answers, index = [], 0
+        for _ in range(n):
+            item, index = self.train_item(index)
+            answers.append((item.kind, item.answer))
+        return answers
 
     def eval_items(self, n: int) -> list[Item]:
         """The first n distinct held-out questions (the same n for every run with this task
@@ -75,7 +99,7 @@ class Task:
         while len(items) < n:
             item = self.generate("eval", index)
             index += 1
-            if held_out(item.key) and item.key not in questions:
+            if self.is_held_out(item) and item.key not in questions:
                 items.append(item)
                 questions.add(item.key)
             if index > 1000 * HELD_OUT_EVERY + 100 * n:
@@ -86,8 +110,9 @@ class Task:
     def prompt(self, item: Item) -> list[dict]:
         """The conversation to answer: the reasoning instruction, then the question."""
         user = {"role": "user", "content": item.question}
-        if item.image is not None:
-            user["image"] = item.image
+        for key in ("image", "audio"):
+            if getattr(item, key) is not None:
+                user[key] = getattr(item, key)
         return [{"role": "system", "content": REASONING_INSTRUCTION}, user]
 
     def target(self, item: Item) -> str:

@@ -70,6 +70,6 @@ class Scored:
 
 def score_completion(task, item, completion: str, tokens: int, max_new_tokens: int,
                      weights: dict[str, float] = DEFAULT_WEIGHTS) -> Scored:
-    parts = {"correct": task.score_text(completion, item), "format": format_reward(completion),
+    parts = {"correct": task.score_text(completion, item), "format": task.format_score(completion),
              "length": length_reward(tokens, max_new_tokens)}
     return Scored(**parts, reward=sum(weights[name] * value for name, value in parts.items()))

@@ -22,6 +22,7 @@ _SPLITS = {"train": 0, "eval": 1}
 
 class VisualQATask(Task):
     name = "visual_qa"
+    media = ("image",)
 
     def __init__(self, seed: int = 0, image_size: int = 64, max_shapes: int = 4, kinds=KINDS):
         unknown = sorted(set(kinds) - set(KINDS))

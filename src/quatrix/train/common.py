@@ -254,7 +254,7 @@ def prepare_run(args, d: Dist, out: Path, stage: str) -> tuple[str, Path | None]
 
 
 # ---------------------------------------------------------------------- set-up and steps
-PLUGIN_SOURCES = {"vision": "image", "audio": "audio", "world": None}  # plugin -> the data source that feeds it
+PLUGIN_SOURCES = {"vision": "image", "audio": "audio", "world": "world"}  # plugin -> the data source that feeds it
 
 
 def freeze_unused_plugins(model: torch.nn.Module, sources) -> None:
@@ -267,19 +267,40 @@ def freeze_unused_plugins(model: torch.nn.Module, sources) -> None:
             module.requires_grad_(False)
 
 
-def wrap_model(model: torch.nn.Module, compile: bool, d: Dist, device: str, uneven_plugins: bool):
-    """torch.compile and DistributedDataParallel as asked. `uneven_plugins`: some steps feed
-    a trainable plugin and others do not (a text + image mixture), so DDP must look for
-    parameters without gradients; it costs a graph traversal per step, so only then."""
+def uneven_plugins(model: torch.nn.Module, sources) -> bool:
+    """Whether some steps feed a trainable plugin and others do not (a text + image
+    mixture): then DistributedDataParallel must look for parameters without gradients."""
+    trainable = any(p.requires_grad for name in PLUGIN_SOURCES if getattr(model, name, None) is not None
+                    for p in getattr(model, name).parameters())
+    return trainable and len(sources) > 1
+
+
+class MixtureObjective(torch.nn.Module):
+    """A QuatrixLM as the training loop calls it, whatever the step's source: a world batch
+    (frames, actions, next_frames, rewards) trains the world model, any other batch the
+    language model (with its image or audio prefix). Keyword batch in, {"loss", ...} out."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, check_values: bool = False, **batch):
+        if "frames" in batch:
+            return self.model.world(batch["frames"], batch["actions"], batch["next_frames"], batch["rewards"],
+                                    check_values=check_values)
+        return self.model(**batch, check_values=check_values)
+
+
+def wrap_model(model: torch.nn.Module, compile: bool, d: Dist, device: str, find_unused: bool = False):
+    """torch.compile and DistributedDataParallel as asked. `find_unused` (see
+    `uneven_plugins`) costs a graph traversal per step, so only when needed."""
     if compile:
         model = torch.compile(model)
     if d.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trainable_plugins = any(p.requires_grad for name in PLUGIN_SOURCES if getattr(model, name, None) is not None
-                                for p in getattr(model, name).parameters())
         model = DistributedDataParallel(model, device_ids=[d.local_rank] if "cuda" in device else None,
-                                        find_unused_parameters=uneven_plugins and trainable_plugins)
+                                        find_unused_parameters=find_unused)
     return model
 
 
@@ -329,6 +350,8 @@ def train_loop(args, d: Dist, device: str, out: Path, model, train_model, tokeni
         done = step + 1
         record = {"step": done, "loss": loss_value, "source": source, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens * d.world_size / (time.perf_counter() - t0), **(extra() if extra else {})}
+        if len(getattr(loader, "names", ())) > 1:  # a mixture: each source's loss on its own line
+            record[f"{source}_loss"] = loss_value
         if due(done, args.eval_every, args.steps):
             record.update(evaluate())
         if d.is_main:
@@ -463,9 +486,11 @@ def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
 
 
 def plot_losses(metrics_path: Path, png: Path) -> None:
-    """Training and validation loss against step."""
-    plot_metrics(metrics_path, png, lines={"loss": "train"}, points={"val_loss": "validation"},
-                 ylabel="loss (nats/token)")
+    """Training and validation loss against step; a mixture's loss per source."""
+    records = read_metrics(metrics_path)
+    sources = sorted({r["source"] for r in records if f"{r.get('source')}_loss" in r})
+    lines = {f"{s}_loss": f"train: {s}" for s in sources} if sources else {"loss": "train"}
+    plot_metrics(metrics_path, png, lines=lines, points={"val_loss": "validation (text)"}, ylabel="loss")
 
 
 def plot_metrics(metrics_path: Path, png: Path, lines: dict[str, str], points: dict[str, str], ylabel: str = "",
@@ -480,7 +505,8 @@ def plot_metrics(metrics_path: Path, png: Path, lines: dict[str, str], points: d
     records = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in lines.items():
-        ax.plot([r["step"] for r in records], [r[key] for r in records], label=label, lw=1)
+        logged = [r for r in records if key in r]
+        ax.plot([r["step"] for r in logged], [r[key] for r in logged], label=label, lw=1)
     for key, label in points.items():
         logged = [r for r in records if key in r]
         if logged:

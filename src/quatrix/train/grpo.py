@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from quatrix.chat import END
-from quatrix.eval.tasks import complete, evaluate_task
+from quatrix.eval.tasks import complete, evaluate_task, prompt_batch
 from quatrix.rl import LOSS_TYPES, SCALES, clip_fraction, group_advantages, grpo_loss, k3_kl, token_logprobs
 from quatrix.tasks import task_from_spec
 from quatrix.tasks.rewards import parse_reward_weights, score_completion
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
     device, checkpoint = common.prepare_run(args, d, out, "grpo")
     model, tokenizer = load_init(args.init, device)
     task = task_from_spec(args.task, args.seed, model.config)
-    common.freeze_unused_plugins(model, {"image"} if task.name == "visual_qa" else set())
+    common.freeze_unused_plugins(model, set(task.media))
     reference = None
     if args.beta > 0:  # the --init model, frozen (also on resume: the reference never moves)
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
     optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
     prompts = PromptStream(task, d.rank)
     start = common.restore(checkpoint, model, optimizers, prompts, model.config) if checkpoint else 0
-    train_model = common.wrap_model(model, args.compile, d, device, uneven_plugins=False)
+    train_model = common.wrap_model(model, args.compile, d, device)
     metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
 
     # ---------------------------------------------------------------- loop
@@ -160,15 +160,14 @@ def grpo_step(args, d, device, model, train_model, reference, tokenizer, task, p
     rewards = torch.tensor([s.reward for s in scored])
     advantages = group_advantages(rewards, G, args.scale_rewards)
     batch = rollout_batch(rollouts, G, tokenizer.token_id(END), tokenizer.eot_id, args.mask_truncated)
-    pixels = torch.stack([it.image for it in items]).repeat_interleave(G, 0) if items[0].image is not None else None
+    media = {k: v.repeat_interleave(G, 0) for k, v in prompt_batch(task, items, tokenizer, model.config)[1].items()}
     t0 = time.perf_counter()
     micro = list(range(0, len(scored), args.micro_batch))
 
     def forward(m, rows, grad: bool):
         ids = batch["input_ids"][rows].to(device)
-        images = None if pixels is None else pixels[rows].to(device)
         with torch.set_grad_enabled(grad), autocast:
-            logits = m(ids, pixel_values=images, check_values=False)["logits"]
+            logits = m(ids, **{k: v[rows].to(device) for k, v in media.items()}, check_values=False)["logits"]
         return token_logprobs(logits[:, :-1], batch["labels"][rows, 1:].to(device), args.temperature)
 
     with torch.no_grad():

@@ -78,25 +78,28 @@ def run(args: argparse.Namespace, d: common.Dist, weights: dict[str, float]) -> 
     log = print if d.is_main else (lambda *a, **k: None)
     sources = {spec: ConversationSource(spec, tokenizer, args.seq_len, args.seed, log=log, config=config)
                for spec in weights}
-    images = [spec for spec, s in sources.items() if _has_images(s)]
-    if images and not config.use_vision:
-        raise ValueError(f"--data {images[0]} carries images, but the --init model has no vision encoder")
-    loaders = {spec: SFTLoader(s, args.batch_size, tokenizer.eot_id, config.image_size, args.seed, d.rank,
-                               d.world_size) for spec, s in sources.items()}
+    media = {spec: s.media() for spec, s in sources.items()}
+    for spec, carried in media.items():
+        for key, flag, encoder in (("image", "use_vision", "vision"), ("audio", "use_audio", "audio")):
+            if key in carried and not getattr(config, flag):
+                raise ValueError(f"--data {spec} carries {key}, but the --init model has no {encoder} encoder")
+    loaders = {spec: SFTLoader(s, args.batch_size, tokenizer.eot_id, config, args.seed, d.rank, d.world_size)
+               for spec, s in sources.items()}
     loader = Mixture(loaders, weights, args.seed)
-    common.freeze_unused_plugins(model, {"image"} if images else set())
+    fed = set().union(*media.values())
+    common.freeze_unused_plugins(model, fed)
     if d.is_main:
         common.write_run_config(out, args, config, tokenizer, d)
 
     # ---------------------------------------------------------------- optimizer, resume
     optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
     start = common.restore(checkpoint, model, optimizers, loader, config) if checkpoint else 0
-    train_model = common.wrap_model(model, args.compile, d, device, uneven_plugins=bool(images) and len(weights) > 1)
+    train_model = common.wrap_model(model, args.compile, d, device, find_unused=bool(fed) and len(weights) > 1)
     metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
     validation = [e for s in sources.values() for e in s.validation(args.eval_n)]
 
     def evaluate() -> dict:
-        return {"val_loss": masked_loss(model, validation, tokenizer.eot_id, config.image_size, args.batch_size,
+        return {"val_loss": masked_loss(model, validation, tokenizer.eot_id, config, args.batch_size,
                                         device, args.precision_resolved)}
 
     def skipped() -> dict:
@@ -111,14 +114,8 @@ def run(args: argparse.Namespace, d: common.Dist, weights: dict[str, float]) -> 
     return status
 
 
-def _has_images(source: ConversationSource) -> bool:
-    if source.task is not None:
-        return source.task.name == "visual_qa"
-    return any(e.image is not None for e in source.train[:1])
-
-
 @torch.no_grad()
-def masked_loss(model, examples, pad_id: int, image_size: int, batch_size: int, device: str, precision: str) -> float:
+def masked_loss(model, examples, pad_id: int, config, batch_size: int, device: str, precision: str) -> float:
     """Mean next-token loss over the loss-masked tokens of `examples` (in batches, eval mode)."""
     if not examples:
         return float("nan")
@@ -130,7 +127,7 @@ def masked_loss(model, examples, pad_id: int, image_size: int, batch_size: int, 
         with common.autocast_context(device, precision):
             for start in range(0, len(examples), batch_size):
                 chunk = examples[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in collate(chunk, pad_id, image_size).items()}
+                batch = {k: v.to(device) for k, v in collate(chunk, pad_id, config).items()}
                 total += model(**batch, loss_reduction="sum", check_values=False)["loss"].double()
                 count += int((batch["labels"][:, 1:] != -100).sum())
     finally:
@@ -152,7 +149,7 @@ def print_sample(model, tokenizer, source: ConversationSource, n: int) -> None:
     """Answer one held-out prompt greedily (up to its first assistant turn), to see what the
     model learned."""
     example = source.validation(1)[0] if source.task is not None else (source.val or source.train)[0]
-    if example.image is not None:
+    if example.image is not None or example.audio is not None:
         return
     prompt = example.ids[: example.ids.index(tokenizer.token_id("<|assistant|>")) + 1]
     n = min(n, model.config.max_seq_len - len(prompt) - 1)

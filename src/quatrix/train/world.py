@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from torch import nn
 
 from quatrix.config import PRESETS, preset
 from quatrix.data.mixture import Mixture
-from quatrix.data.order import EpochOrder
-from quatrix.data.world import WorldData
+from quatrix.data.world import WorldData, WorldLoader
 from quatrix.eval.world import evaluate_world
 from quatrix.model import QuatrixLM
 from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer, load_tokenizer
@@ -39,40 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_run_arguments(p, steps=600, batch_size=64, lr=1e-3, warmup=20, eval_every=200,
                              save_every=200, out="runs/world", batch_help="transitions per step per process")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: die here
-
-
-class WorldObjective(nn.Module):
-    """The world model as the training loop calls a model: keyword batch in, {"loss"} out."""
-
-    def __init__(self, world: nn.Module):
-        super().__init__()
-        self.world = world
-
-    def forward(self, frames, actions, next_frames, rewards, check_values: bool = False):
-        return self.world(frames, actions, next_frames, rewards, check_values=check_values)
-
-
-class WorldLoader:
-    """Batches of training transitions in a seeded order, reshuffled every epoch; rank r
-    takes its rows of each global batch; the position is plain data."""
-
-    def __init__(self, data: WorldData, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.data = data
-        self.indices = data.split("train")
-        if len(self.indices) < batch_size * world_size:
-            raise ValueError(f"{len(self.indices)} training transitions: fewer than one batch of "
-                             f"{batch_size * world_size}; collect more episodes")
-        self.order = EpochOrder(len(self.indices), batch_size, seed, rank, world_size)
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        batch = self.data.batch(self.indices[self.order.next()])
-        return {k: batch[k] for k in ("frames", "actions", "next_frames", "rewards")}
-
-    def state_dict(self) -> dict:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state)
 
 
 def build_model(args, data: WorldData, device: str):
@@ -112,7 +75,7 @@ def run(args: argparse.Namespace, d: common.Dist) -> int:
                      args.seed)
     optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
     start = common.restore(checkpoint, model, optimizers, loader, model.config) if checkpoint else 0
-    train_model = common.wrap_model(WorldObjective(model.world), args.compile, d, device, uneven_plugins=False)
+    train_model = common.wrap_model(common.MixtureObjective(model), args.compile, d, device)
     metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
 
     def evaluate() -> dict:
