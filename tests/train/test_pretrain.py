@@ -170,9 +170,56 @@ def test_text_and_image_mixture_trains_vision_and_resumes_exactly(setup):
     assert losses(setup, "mix_killed") == losses(setup, "mix")
 
 
-def test_mixture_needs_image_data(setup, capsys):
-    assert run(setup, "bad_mix", "--mixture", "text=0.5,image=0.5") == 2
-    assert "give --image-data" in capsys.readouterr().err
+@pytest.mark.parametrize("source, flag", [("image", "--image-data"), ("audio", "--audio-data"),
+                                          ("world", "--world-data")])
+def test_mixture_needs_each_sources_data(setup, capsys, source, flag):
+    assert run(setup, f"bad_mix_{source}", "--mixture", f"text=0.5,{source}=0.5") == 2
+    assert f"give {flag}" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def world_data(setup):
+    from quatrix.data.world import collect
+
+    collect("MiniGrid-Empty-5x5-v0", 6, setup / "world", seed=0, image_size=16, max_steps=10)
+    return setup / "world"
+
+
+JOINT = ("--image-data", "clevr", "--audio-data", "spoken-digits:n=12", "--mixture",
+         "text=0.35,image=0.25,audio=0.2,world=0.2", "--steps", "10", "--seed", "4")  # seed 4 draws all four
+
+
+def test_joint_mixture_trains_every_plugin_and_logs_each_sources_loss(setup, world_data):
+    assert run(setup, "joint", *JOINT, "--world-data", str(world_data)) == 0
+    records = [json.loads(line) for line in (setup / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in records} == {"text", "image", "audio", "world"}
+    for r in records:  # each step's loss also under its source's name, and only that one
+        assert r[f"{r['source']}_loss"] == r["loss"]
+        assert not {f"{s}_loss" for s in ("text", "image", "audio", "world") if s != r["source"]} & set(r)
+    model = QuatrixLM.from_pretrained(setup / "joint" / "checkpoint")
+    assert model.vision is not None and model.audio is not None and model.world is not None
+    assert model.config.world_image_size == 16
+    fresh = QuatrixLM(model.config)
+    for name in ("vision", "audio", "world"):  # every plugin learned something
+        trained, initial = getattr(model, name).state_dict(), getattr(fresh, name).state_dict()
+        assert any(not torch.equal(trained[k], initial[k]) for k in trained), name
+    assert (setup / "joint" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_joint_mixture_resumes_exactly(setup, world_data):
+    extra = (*JOINT, "--world-data", str(world_data))
+    assert run(setup, "joint_straight", *extra) == 0
+    assert run(setup, "joint_killed", *extra, "--stop-after", "7") == 0
+    assert run(setup, "joint_killed", *extra, "--resume") == 0
+    assert losses(setup, "joint_killed") == losses(setup, "joint_straight")
+
+
+@pytest.mark.slow
+def test_ddp_joint_mixture(setup, world_data):
+    """Steps of one source leave the other plugins without gradients: DDP must expect that."""
+    torchrun(setup, "ddp_joint", *JOINT, "--world-data", str(world_data), "--batch-size", "2", port=29520)
+    records = [json.loads(line) for line in (setup / "ddp_joint" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 10 and {r["source"] for r in records} == {"text", "image", "audio", "world"}
 
 
 @pytest.fixture

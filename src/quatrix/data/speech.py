@@ -9,9 +9,13 @@
 The built-in corpora are synthesized by the espeak-ng engine, with no network and no root:
 the `espeakng-loader` wheel (`pip install espeakng-loader`, the `audio` extra) ships the
 library and its voice data and is driven here through its C API (`ctypes`); without it an
-`espeak-ng` program on the PATH (apt) is used. A clip is a function of (seed, split, index):
-its text, voice, speaking rate and pitch are drawn from one seeded generator, so a corpus is
-the same on every machine with the same espeak-ng. Voices are English accents crossed with
+`espeak-ng` program on the PATH (apt) is used. What a clip says and how (its text, voice,
+speaking rate and pitch) is a function of (seed, split, index), drawn from one seeded
+generator. Its samples are not quite: espeak-ng carries state such as its pitch "flutter"
+from one utterance to the next inside a process, so a clip made twice differs by a few
+samples in length and well under 1% in energy. A training corpus is therefore synthesized
+once and cached (`speech_corpus`), and every run reads the very same samples; evaluation
+clips are made afresh, first thing in the process. Voices are English accents crossed with
 espeak's voice variants; the variants in HELD_OUT_VARIANTS are never used for training, so
 evaluation hears speakers the model has not heard.
 
@@ -318,13 +322,17 @@ def parse_audio_spec(spec: str) -> tuple[str, dict]:
 
     name, options = parse_task_spec(spec)
     if name in CORPORA:
-        allowed = {"n", "max_digits"} if name == "spoken-digits" else {"n", "limit"} if name == "spoken-numbers" \
-            else {"n"}
-        unknown = set(options) - allowed
-        if unknown:
-            raise ValueError(f"{name}: unknown option(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+        check_corpus_options(name, options, extra=("n",))
         return name, options
     return spec, {}
+
+
+def check_corpus_options(corpus: str, options: dict, extra: tuple[str, ...] = ()) -> None:
+    """Refuse options a built-in corpus does not take, naming the ones it does."""
+    allowed = {"spoken-digits": {"max_digits"}, "spoken-numbers": {"limit"}}.get(corpus, set()) | set(extra)
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"{corpus}: unknown option(s) {sorted(unknown)}; it takes {sorted(allowed) or 'none'}")
 
 
 class AudioTextSource:

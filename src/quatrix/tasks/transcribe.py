@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quatrix.data.speech import (CORPORA, SAMPLE_RATE, check_clip, draw_clip, is_held_out_voice,
+from quatrix.data.speech import (CORPORA, SAMPLE_RATE, check_clip, check_corpus_options, draw_clip, is_held_out_voice,
                                  normalise_transcript, read_audio, read_audio_pairs, synthesize_clip)
 from quatrix.tasks.base import Item, Task, held_out
 
@@ -35,7 +35,7 @@ class TranscribeTask(Task):
         self.options = options
         if data in CORPORA:
             self.pairs = None
-            synthesize_clip(data, seed, "train", 0, sample_rate, **options)  # a bad option fails here, clearly
+            check_corpus_options(data, options)
         else:
             if options:
                 raise ValueError(f"task transcribe: options {sorted(options)} apply to the built-in corpora only")

@@ -28,10 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a JSON file of these options (command-line flags override it)")
     p.add_argument("--init", required=True, help="checkpoint to start from (with its tokenizer): a pretraining run's "
                                                  "OUT/checkpoint")
-    p.add_argument("--data", action="append", required=True,
+    p.add_argument("--data", action="append", default=[],
                    help="conversations: a .jsonl of {\"messages\": [...]}, chitchat, or task:NAME[:key=value,...] "
                         "(a task's worked solutions or answers); repeatable")
-    p.add_argument("--weights", help="comma-separated weights of the --data sources, in order (default: equal)")
+    p.add_argument("--audio-data", help="speech to transcribe: spoken-digits, spoken-numbers, spoken-sentences or a "
+                                        "folder / .jsonl of clips with transcripts (the source task:transcribe:data=X,"
+                                        " after the --data sources)")
+    p.add_argument("--weights", help="comma-separated weights of the --data sources (then --audio-data), in order "
+                                     "(default: equal)")
     common.add_run_arguments(p, steps=200, batch_size=16, seq_len=256, lr=1e-3, warmup=10, eval_every=50,
                              save_every=50, out="runs/sft", batch_help="conversations per step per process")
     p.add_argument("--eval-n", type=positive_int, default=64, help="held-out conversations per source to validate on")
@@ -41,7 +45,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return common.run_stage(args, run, source_weights(args.data, args.weights))
+    sources = args.data + ([transcribe_spec(args.audio_data)] if args.audio_data else [])
+    if not sources:
+        raise ValueError("give at least one --data source (or --audio-data)")
+    return common.run_stage(args, run, source_weights(sources, args.weights))
+
+
+def transcribe_spec(audio_data: str) -> str:
+    """--audio-data spoken-digits:max_digits=2 -> task:transcribe:data=spoken-digits,max_digits=2."""
+    from quatrix.data.speech import parse_audio_spec
+
+    name, options = parse_audio_spec(audio_data)
+    return ",".join([f"task:transcribe:data={name}", *(f"{k}={v}" for k, v in options.items())])
 
 
 def source_weights(sources: list[str], spec: str | None) -> dict[str, float]:
