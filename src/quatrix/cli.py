@@ -269,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ablate_arguments(abl)
 
+    run = sub.add_parser("run", help="a whole recipe in one command: `quatrix run berry --preset tiny` (tokenizer, "
+                                     "pretraining, SFT, GRPO, evaluation, samples, report)")
+    from quatrix.train.berry import add_arguments as add_run_arguments
+
+    add_run_arguments(run)
+
     tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     train = tok_sub.add_parser("train", help="train on a corpus and save to a directory")
@@ -458,6 +464,12 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from quatrix.train.berry import main as run_berry
+
+    return run_berry(args)
+
+
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from quatrix.data.text import read_documents
     from quatrix.tokenizer import train_tokenizer
@@ -472,7 +484,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "pretrain": cmd_pretrain, "eval": cmd_eval,
             "tokenizer": cmd_tokenizer, "ablate": cmd_ablate, "sft": cmd_sft, "grpo": cmd_grpo, "chat": cmd_chat,
-            "tasks": cmd_tasks, "world": cmd_world}
+            "tasks": cmd_tasks, "world": cmd_world, "run": cmd_run}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -41,7 +41,9 @@ def test_few_steps_write_every_output(setup):
     out = setup / "basic"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
-    assert {"step", "loss", "lr", "tokens_per_s", "grad_norm"} <= set(records[0])
+    assert {"step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm"} <= set(records[0])
+    assert records[0]["tokens"] == 4 * 32  # --batch-size x --seq-len
+    assert json.loads((out / "summary.json").read_text())["tokens"] == 6 * 4 * 32
     assert "val_loss" in records[2] and "val_loss" in records[5] and "val_loss" not in records[0]
     assert records[-1]["loss"] < records[0]["loss"]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -349,7 +349,8 @@ def train_loop(args, d: Dist, device: str, out: Path, model, train_model, tokeni
             return 1
         done = step + 1
         record = {"step": done, "loss": loss_value, "source": source, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": tokens * d.world_size / (time.perf_counter() - t0), **(extra() if extra else {})}
+                  "tokens": tokens * d.world_size, "tokens_per_s": tokens * d.world_size / (time.perf_counter() - t0),
+                  **(extra() if extra else {})}
         if len(getattr(loader, "names", ())) > 1:  # a mixture: each source's loss on its own line
             record[f"{source}_loss"] = loss_value
         if due(done, args.eval_every, args.steps):
@@ -465,7 +466,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
-    """OUT/summary.json: final losses, median training throughput and peak memory of the run."""
+    """OUT/summary.json: final losses, tokens fed, median training throughput and peak memory of the run."""
     import statistics
 
     records = read_metrics(metrics_path)
@@ -478,6 +479,7 @@ def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
     summary = {
         "steps": records[-1]["step"], "loss": records[-1]["loss"],
         "val_loss": val[-1]["val_loss"] if val else None,
+        "tokens": sum(r.get("tokens", 0) for r in records),
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
         "peak_memory_mib": peak,
     }

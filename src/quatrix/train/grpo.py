@@ -212,7 +212,7 @@ def grpo_step(args, d, device, model, train_model, reference, tokenizer, task, p
         "frac_zero_std_groups": float((groups.std(dim=1) == 0).float().mean()),
         "gen_tokens_per_s": rollouts.new_tokens / rollouts.seconds,
         "cache_mib": rollouts.cache_bytes / 2**20,
-        "tokens_per_s": trained * args.num_iterations / (time.perf_counter() - t0),
+        "tokens": trained * args.num_iterations, "tokens_per_s": trained * args.num_iterations / (time.perf_counter() - t0),
     }
 
 

@@ -1,0 +1,244 @@
+"""The Berry run's evaluation, samples and report (quatrix.train.berry runs them).
+
+`evaluate_run` measures every checkpoint on what its stage should have taught it and
+writes OUT/eval/results.json; `sample_run` writes OUT/samples/ (generations from text,
+chat, math, image and audio prompts); `write_report` composes OUT/report.md from the
+recipe, the stages' own metrics and summary files, those results and samples, and links
+the stages' plots. Every number in the report is read from a file the run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from quatrix.io import atomic_write_json, atomic_write_text
+
+TRAINED = ("pretrain", "sft", "grpo")
+
+
+def checkpoint(out: Path, stage: str) -> Path:
+    return out / stage / "checkpoint"
+
+
+# ---------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_run(out: Path, recipe: dict) -> dict:
+    from quatrix.eval.perplexity import evaluate_checkpoint
+    from quatrix.eval.tasks import evaluate_task
+    from quatrix.tasks import task_from_spec
+    from quatrix.tokenizer import load_model_and_tokenizer
+
+    spec = recipe["eval"]
+    n, new_tokens = spec.get("n", 200), spec.get("max_new_tokens", 16)
+    seq_len = recipe["pretrain"].get("seq_len", 128)
+    results: dict = {"perplexity": {}, "math": {}}
+    for stage in TRAINED:
+        ckpt = checkpoint(out, stage)
+        results["perplexity"][stage] = evaluate_checkpoint(ckpt, spec.get("perplexity_data", ["shakespeare"]), "val",
+                                                           seq_len, 16, spec.get("perplexity_batches", 50),
+                                                           out / ".token_cache")
+        model, tokenizer = load_model_and_tokenizer(ckpt)
+        model.eval()
+        if spec.get("math_task"):
+            task = task_from_spec(spec["math_task"], 0, model.config)
+            results["math"][stage] = evaluate_task(model, tokenizer, task, n, batch_size=50, max_new_tokens=new_tokens)
+        final = stage == TRAINED[-1]
+        if spec.get("visual_qa") and stage != "pretrain" and model.config.use_vision:
+            task = task_from_spec("visual_qa", 0, model.config)
+            results.setdefault("visual_qa", {})[stage] = evaluate_task(
+                model, tokenizer, task, n, batch_size=50, max_new_tokens=8, with_baselines=final)
+        if spec.get("transcribe") and stage != "pretrain" and model.config.use_audio:
+            task = task_from_spec(f"transcribe:data={spec['transcribe']}", 0, model.config)
+            results.setdefault("transcribe", {})[stage] = evaluate_task(
+                model, tokenizer, task, n, batch_size=50, max_new_tokens=12, with_baselines=final)
+    atomic_write_json(out / "eval" / "results.json", results)
+    return results
+
+
+# ---------------------------------------------------------------------- samples
+@torch.no_grad()
+def sample_run(out: Path, recipe: dict) -> dict:
+    from PIL import Image
+
+    from quatrix.session import ChatSession
+    from quatrix.tasks import task_from_spec
+    from quatrix.tokenizer import load_model_and_tokenizer
+
+    spec = recipe["samples"]
+    tokens = spec.get("max_new_tokens", 40)
+    folder = out / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    samples: dict = {}
+    base, tokenizer = load_model_and_tokenizer(checkpoint(out, "pretrain"))
+    prompt = tokenizer.encode(spec.get("text_prompt", "ROMEO."))
+    generated = base.generate([prompt], tokens, temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0),
+                              stop_token_ids=[tokenizer.eot_id])
+    samples["text"] = {"checkpoint": "pretrain", "prompt": spec.get("text_prompt", "ROMEO."),
+                       "completion": tokenizer.decode(generated.tokens[0])}
+    model, tokenizer = load_model_and_tokenizer(checkpoint(out, TRAINED[-1]))
+    model.eval()
+
+    def reply(message: str, attach=None) -> str:
+        session = ChatSession(model, tokenizer, max_new_tokens=tokens, temperature=0.0)
+        if attach is not None:
+            attach(session)
+        return "".join(session.reply(message))
+
+    samples["chat"] = {"prompt": spec.get("chat_prompt", "Hello!"), "reply": reply(spec.get("chat_prompt", "Hello!"))}
+    if recipe["eval"].get("math_task"):
+        task = task_from_spec(recipe["eval"]["math_task"], 0, model.config)
+        item = task.eval_items(1)[0]
+        session = ChatSession(model, tokenizer, max_new_tokens=tokens, temperature=0.0,
+                              system=task.prompt(item)[0]["content"])
+        answer = "".join(session.reply(item.question))
+        samples["math"] = {"question": item.question, "reply": answer, "answer": item.answer,
+                           "correct": task.score_text(answer, item) >= 1.0}
+    if model.config.use_vision:
+        task = task_from_spec("visual_qa", 0, model.config)
+        item = task.eval_items(1)[0]
+        pixels = ((item.image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / "scene.png")
+        answer = reply(item.question, lambda s: s.attach_image(folder / "scene.png"))
+        samples["image"] = {"file": "samples/scene.png", "question": item.question, "reply": answer,
+                            "answer": item.answer}
+    if model.config.use_audio and recipe["eval"].get("transcribe"):
+        import soundfile
+
+        task = task_from_spec(f"transcribe:data={recipe['eval']['transcribe']}", 0, model.config)
+        item = task.eval_items(1)[0]
+        soundfile.write(str(folder / "clip.wav"), item.audio.numpy(), model.config.sample_rate)
+        answer = reply(item.question, lambda s: s.attach_audio(folder / "clip.wav"))
+        samples["audio"] = {"file": "samples/clip.wav", "question": item.question, "reply": answer,
+                            "answer": item.answer, "voice": item.entry}
+    atomic_write_json(folder / "samples.json", samples)
+    return samples
+
+
+# ---------------------------------------------------------------------- the report
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def stage_rows(out: Path) -> list[dict]:
+    """Per stage: wall time (stages.json), steps, tokens, median tokens/s, first and last
+    training loss (GRPO: reward) and last validation loss, read from the stage's metrics.jsonl."""
+    done = json.loads((out / "stages.json").read_text())
+    rows = []
+    for stage in ("tokenizer", *TRAINED, "eval", "samples"):
+        row = {"stage": stage, "seconds": done.get(stage, {}).get("seconds")}
+        metrics = records(out / stage / "metrics.jsonl")
+        if metrics:
+            val = [r["val_loss"] for r in metrics if "val_loss" in r]
+            key = "reward" if stage == "grpo" else "loss"  # GRPO's surrogate loss says little; its reward does
+            row.update(steps=metrics[-1]["step"], tokens=sum(r.get("tokens", 0) for r in metrics),
+                       tokens_per_s=statistics.median(r["tokens_per_s"] for r in metrics), measure=key,
+                       first=metrics[0][key], last=metrics[-1][key], val_loss=val[-1] if val else None)
+        rows.append(row)
+    return rows
+
+
+def _f(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def evaluation_table(results: dict) -> list[str]:
+    lines = ["| measure | after pretrain | after SFT | after GRPO | baselines (after GRPO) |", "|---|---:|---:|---:|---|"]
+    ppl = results.get("perplexity", {})
+    lines.append("| held-out text perplexity | " + " | ".join(_f(ppl.get(s, {}).get("perplexity"), 1) for s in TRAINED)
+                 + " | |")
+    math = results.get("math", {})
+    if math:
+        lines.append("| math accuracy (greedy) | " + " | ".join(_f(math.get(s, {}).get("accuracy")) for s in TRAINED)
+                     + " | |")
+        lines.append("| math answer format | " + " | ".join(_f(math.get(s, {}).get("format_rate")) for s in TRAINED)
+                     + " | |")
+    for key, label in (("visual_qa", "visual QA accuracy"), ("transcribe", "transcription exact match")):
+        if key in results:
+            r = results[key]
+            base = r.get("grpo", {}).get("baselines", {})
+            blank = "audio zeroed" if key == "transcribe" else "images zeroed"
+            baseline = f"majority {_f(base.get('majority_accuracy'))}, {blank} {_f(base.get('text_only_accuracy'))}"
+            lines.append(f"| {label} | – | {_f(r.get('sft', {}).get('accuracy'))} | {_f(r.get('grpo', {}).get('accuracy'))} "
+                         f"| {baseline} |")
+            if key == "transcribe":
+                lines.append(f"| transcription word error rate | – | {_f(r.get('sft', {}).get('wer'))} | "
+                             f"{_f(r.get('grpo', {}).get('wer'))} | majority {_f(base.get('majority_wer'))}, "
+                             f"audio zeroed {_f(base.get('text_only_wer'))} |")
+    return lines
+
+
+def write_report(out: Path) -> Path:
+    from quatrix.params import count_parameters, parameter_table
+    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.train.berry import environment
+
+    recipe = json.loads((out / "recipe.json").read_text())
+    results = json.loads((out / "eval" / "results.json").read_text())
+    samples = json.loads((out / "samples" / "samples.json").read_text())
+    model, _ = load_model_and_tokenizer(checkpoint(out, TRAINED[-1]))
+    env = environment()
+    run_config = json.loads((out / "pretrain" / "run_config.json").read_text())
+    rows = stage_rows(out)
+    lines = [f"# Berry run: {recipe.get('name', recipe['preset'])}", "", recipe.get("description", ""), "",
+             "## Environment", "",
+             f"torch {env['torch']}, Python {env['python']}; CPU {env['cpu']}, {run_config.get('threads')} threads; "
+             f"GPU {env['gpu'] or 'none'}; pretraining precision {run_config.get('precision')}, "
+             f"{run_config.get('world_size', 1)} process(es).", "",
+             "## Stages", "",
+             "| stage | wall time (s) | steps | tokens | tokens/s (median) | first → last training loss "
+             "(GRPO: reward) | last validation loss |", "|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        losses = f"{r['first']:.3f} → {r['last']:.3f}" if "first" in r else "–"
+        lines.append(f"| {r['stage']} | {_f(r['seconds'], 0)} | {r.get('steps', '–')} | "
+                     f"{r['tokens']:,} | {r['tokens_per_s']:,.0f} | {losses} | {_f(r.get('val_loss'))} |"
+                     if "steps" in r else f"| {r['stage']} | {_f(r['seconds'], 0)} | – | – | – | – | – |")
+    total = sum(r["seconds"] or 0 for r in rows)
+    lines += ["", f"Total: {total:.0f} s.", "", "## Evaluation", "",
+              f"Greedy, on {recipe['eval'].get('n', 200)} held-out items per task (`eval/results.json`).", "",
+              *evaluation_table(results), "", "## Samples", ""]
+    for key, sample in samples.items():
+        if key == "text":
+            lines.append(f"- **text** (pretrained model, temperature 0.8): {sample['prompt']!r} → "
+                         f"{sample['completion']!r}")
+        elif key == "chat":
+            lines.append(f"- **chat**: {sample['prompt']!r} → {sample['reply']!r}")
+        elif key == "math":
+            lines.append(f"- **math**: {sample['question']!r} → {sample['reply']!r} (answer {sample['answer']}, "
+                         f"{'right' if sample['correct'] else 'wrong'})")
+        elif key == "image":
+            lines.append(f"- **image** ([scene]({sample['file']})): {sample['question']!r} → {sample['reply']!r} "
+                         f"(answer {sample['answer']})")
+        elif key == "audio":
+            lines.append(f"- **audio** ([clip]({sample['file']}), held-out voice {sample['voice']}): "
+                         f"{sample['question']!r} → {sample['reply']!r} (said: {sample['answer']!r})")
+    lines += ["", "## Plots", ""]
+    for stage, plot in (("pretrain", "loss.png"), ("sft", "loss.png"), ("grpo", "loss.png"), ("grpo", "reward.png")):
+        if (out / stage / plot).is_file():
+            lines.append(f"![{stage} {plot}]({stage}/{plot})")
+    lines += ["", "## Parameters", "", "```", parameter_table(count_parameters(model)), "```", "",
+              "## Recipe", "", "```json", json.dumps(recipe, indent=2), "```", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def summary_table(out: Path) -> str:
+    """A few lines for the terminal: each stage's time and loss, then the evaluation."""
+    lines = [f"{'stage':<10}{'time':>8}  first -> last training loss (grpo: reward)"]
+    for r in stage_rows(out):
+        loss = f"{r['first']:.3f} -> {r['last']:.3f}" if "first" in r else ""
+        lines.append(f"{r['stage']:<10}{_f(r['seconds'], 0):>7}s  {loss}")
+    results = json.loads((out / "eval" / "results.json").read_text())
+    math = results.get("math", {})
+    if math:
+        lines.append("math accuracy: " + ", ".join(f"{s} {_f(math[s]['accuracy'])}" for s in TRAINED if s in math))
+    for key, label in (("visual_qa", "visual QA"), ("transcribe", "transcription")):
+        if key in results and "grpo" in results[key]:
+            r = results[key]["grpo"]
+            lines.append(f"{label}: {_f(r['accuracy'])} (majority {_f(r['baselines']['majority_accuracy'])}, "
+                         f"media zeroed {_f(r['baselines']['text_only_accuracy'])})")
+    return "\n".join(lines)

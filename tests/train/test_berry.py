@@ -1,0 +1,144 @@
+"""`quatrix run berry` on a micro recipe: every stage, the report, resume, bad recipes."""
+
+import json
+import re
+
+import pytest
+
+from quatrix.cli import main
+from quatrix.recipe import load_recipe, validate
+from quatrix.train.report import stage_rows
+
+
+def micro_recipe():
+    recipe = load_recipe("tiny")
+    recipe["name"] = "berry-micro"
+    recipe["tokenizer"]["vocab_size"] = 400
+    recipe["pretrain"].update(steps=6, batch_size=4, seq_len=64, warmup=2, eval_every=3, save_every=2,
+                              audio_data="spoken-digits:n=16", eval_batches=2)
+    recipe["sft"].update(steps=4, batch_size=4, seq_len=128, warmup=1, eval_every=2, save_every=2, eval_n=4)
+    recipe["grpo"].update(steps=3, prompts_per_step=2, group_size=2, micro_batch=4, max_new_tokens=4, warmup=1,
+                          eval_every=2, eval_n=4, save_every=1)
+    recipe["eval"].update(n=4, max_new_tokens=4, perplexity_batches=2)
+    recipe["samples"]["max_new_tokens"] = 4
+    return recipe
+
+
+def run_micro(tmp_path, name, *extra):
+    path = tmp_path / "micro.json"
+    path.write_text(json.dumps(micro_recipe()))
+    return main(["run", "berry", "--recipe", str(path), "--out", str(tmp_path / name), *extra])
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("berry")
+    assert run_micro(root, "straight") == 0
+    return root
+
+
+def test_every_stage_runs_and_the_report_has_every_section(micro_run, capsys):
+    out = micro_run / "straight"
+    report = (out / "report.md").read_text()
+    for section in ("## Environment", "## Stages", "## Evaluation", "## Samples", "## Plots", "## Parameters",
+                    "## Recipe"):
+        assert section in report
+    for line in ("held-out text perplexity", "math accuracy", "visual QA accuracy", "transcription exact match",
+                 "**text**", "**chat**", "**math**", "**image**", "**audio**", "pretrain/loss.png", "grpo/reward.png"):
+        assert line in report, line
+    assert (out / "samples" / "scene.png").is_file() and (out / "samples" / "clip.wav").is_file()
+    assert set(json.loads((out / "stages.json").read_text())) == {"tokenizer", "pretrain", "sft", "grpo", "eval",
+                                                                  "samples"}
+
+
+def test_report_numbers_are_the_metrics_files_numbers(micro_run):
+    out = micro_run / "straight"
+    report = (out / "report.md").read_text()
+    for stage in ("pretrain", "sft", "grpo"):
+        metrics = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        tokens = sum(r["tokens"] for r in metrics)
+        row = next(line for line in report.splitlines() if line.startswith(f"| {stage} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert int(cells[2]) == metrics[-1]["step"] and int(cells[3].replace(",", "")) == tokens
+        key = "reward" if stage == "grpo" else "loss"
+        assert cells[5] == f"{metrics[0][key]:.3f} → {metrics[-1][key]:.3f}"
+    results = json.loads((out / "eval" / "results.json").read_text())
+    row = next(line for line in report.splitlines() if line.startswith("| math accuracy"))
+    assert [float(c) for c in row.strip("|").split("|")[1:4]] == [
+        round(results["math"][s]["accuracy"], 3) for s in ("pretrain", "sft", "grpo")]
+
+
+def test_a_finished_run_is_not_redone(micro_run, capsys):
+    capsys.readouterr()
+    assert run_micro(micro_run, "straight") == 0
+    assert capsys.readouterr().out.count("skipped") == 6
+
+
+def test_an_interrupted_stage_resumes_to_the_same_numbers(micro_run, tmp_path):
+    import shutil
+
+    killed = tmp_path / "killed"  # the straight run as it stood when SFT finished
+    shutil.copytree(micro_run / "straight", killed, ignore=shutil.ignore_patterns("grpo", "eval", "samples",
+                                                                                  "report.md"))
+    done = json.loads((killed / "stages.json").read_text())
+    (killed / "stages.json").write_text(json.dumps({k: done[k] for k in ("tokenizer", "pretrain", "sft")}))
+    assert run_micro(tmp_path, "killed", "--interrupt", "grpo:2") == 130  # dies inside GRPO at step 2
+    assert set(json.loads((killed / "stages.json").read_text())) == {"tokenizer", "pretrain", "sft"}
+    assert len((killed / "grpo" / "metrics.jsonl").read_text().splitlines()) == 2  # checkpoint: step 1
+    assert run_micro(tmp_path, "killed") == 0
+
+    def numbers(out):
+        rows = [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_s")} for r in stage_rows(out)]
+        results = json.loads((out / "eval" / "results.json").read_text())
+        perplexity = {stage: {k: v for k, v in r.items() if k != "ckpt"} for stage, r in results["perplexity"].items()}
+        return rows, results["math"], perplexity
+
+    assert numbers(killed) == numbers(micro_run / "straight")
+
+
+def test_print_recipe_round_trips(capsys, tmp_path):
+    assert main(["run", "berry", "--preset", "tiny", "--print-recipe"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == load_recipe("tiny")
+    (tmp_path / "r.json").write_text(json.dumps(printed))
+    assert load_recipe(path=tmp_path / "r.json") == printed
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["pretrain"].update(stepz=5), r"pretrain.stepz: unknown field"),
+    (lambda r: r["pretrain"].update(steps="many"), r"pretrain: argument --steps: .*many"),
+    (lambda r: r["sft"].update(out="x"), r"sft.out: set by the recipe runner"),
+    (lambda r: r.update(colour="red"), r"unknown field\(s\) \['colour'\]"),
+    (lambda r: r.pop("grpo"), r"missing field\(s\) \['grpo'\]"),
+    (lambda r: r["eval"].update(n="ten"), r"eval.n: expected int"),
+    (lambda r: r["samples"].update(voice=1), r"samples.voice: unknown field"),
+    (lambda r: r.update(preset="huge"), r"preset: unknown preset 'huge'"),
+    (lambda r: r["tokenizer"].update(size=3), r"tokenizer: expected"),
+])
+def test_a_bad_recipe_names_the_field(edit, message):
+    recipe = load_recipe("tiny")
+    edit(recipe)
+    with pytest.raises(ValueError, match=message):
+        validate(recipe, "bad.json")
+
+
+def test_bad_recipe_files_and_directories_are_refused(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text("{not json")
+    assert main(["run", "berry", "--recipe", str(tmp_path / "broken.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["run", "berry", "--recipe", str(tmp_path / "missing.json")]) == 2
+    assert "recipe file not found" in capsys.readouterr().err
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps({**load_recipe("tiny"), "name": "other"}))
+    assert main(["run", "berry", "--preset", "tiny", "--out", str(out)]) == 2
+    assert re.search(r"another recipe \(it differs in name\)", capsys.readouterr().err)
+
+
+def test_a_gpu_recipe_refuses_a_cpu(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["run", "berry", "--preset", "berry-q0", "--out", str(tmp_path / "q0")]) == 2
+    assert "sized for GPUs" in capsys.readouterr().err and not (tmp_path / "q0").exists()
