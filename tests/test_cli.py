@@ -125,3 +125,14 @@ def test_tokenizer_train_command(tmp_path, capsys):
     assert len(tok.encode("the rain in spain")) < len("the rain in spain") // 2  # it learned merges
     assert main(["tokenizer", "train", "--data", str(tmp_path / "none.txt"), "--out", str(tmp_path / "t2")]) == 2
     assert "data not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_a_command_cleanly(monkeypatch, capsys):
+    import quatrix.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "tasks", interrupted)
+    assert cli.main(["tasks"]) == 130
+    assert "quatrix tasks: interrupted" in capsys.readouterr().err

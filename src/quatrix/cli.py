@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"quatrix {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; training stages continue with --resume
+        print(f"\nquatrix {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

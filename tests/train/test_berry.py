@@ -60,8 +60,11 @@ def test_report_numbers_are_the_metrics_files_numbers(micro_run):
         row = next(line for line in report.splitlines() if line.startswith(f"| {stage} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[2]) == metrics[-1]["step"] and int(cells[3].replace(",", "")) == tokens
-        key = "reward" if stage == "grpo" else "loss"
-        assert cells[5] == f"{metrics[0][key]:.3f} → {metrics[-1][key]:.3f}"
+        if stage == "pretrain":  # a mixture: its text steps
+            metrics = [r for r in metrics if r["source"] == "text"]
+        values = [r["reward" if stage == "grpo" else "loss"] for r in metrics]
+        k = max(1, len(values) // 20)
+        assert cells[5] == f"{sum(values[:k]) / k:.3f} → {sum(values[-k:]) / k:.3f}"
     results = json.loads((out / "eval" / "results.json").read_text())
     row = next(line for line in report.splitlines() if line.startswith("| math accuracy"))
     assert [float(c) for c in row.strip("|").split("|")[1:4]] == [

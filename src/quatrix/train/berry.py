@@ -64,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
                   f"{remaining(recipe, done, stage)} left", flush=True)
             t0 = time.perf_counter()
             status = run_stage(stage, recipe, out, args)
+            if status in (130, -2):  # the stage was interrupted (Ctrl-C reaches it too)
+                raise KeyboardInterrupt
             if status != 0:
                 print(f"run berry: stage {stage} failed (exit status {status}); fix the cause and rerun the same "
                       f"command to resume", file=sys.stderr)

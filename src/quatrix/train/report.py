@@ -82,8 +82,8 @@ def sample_run(out: Path, recipe: dict) -> dict:
     model, tokenizer = load_model_and_tokenizer(checkpoint(out, TRAINED[-1]))
     model.eval()
 
-    def reply(message: str, attach=None) -> str:
-        session = ChatSession(model, tokenizer, max_new_tokens=tokens, temperature=0.0)
+    def reply(message: str, attach=None, system: str | None = None) -> str:
+        session = ChatSession(model, tokenizer, max_new_tokens=tokens, temperature=0.0, system=system)
         if attach is not None:
             attach(session)
         return "".join(session.reply(message))
@@ -102,7 +102,7 @@ def sample_run(out: Path, recipe: dict) -> dict:
         item = task.eval_items(1)[0]
         pixels = ((item.image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(folder / "scene.png")
-        answer = reply(item.question, lambda s: s.attach_image(folder / "scene.png"))
+        answer = reply(item.question, lambda s: s.attach_image(folder / "scene.png"), task.prompt(item)[0]["content"])
         samples["image"] = {"file": "samples/scene.png", "question": item.question, "reply": answer,
                             "answer": item.answer}
     if model.config.use_audio and recipe["eval"].get("transcribe"):
@@ -124,8 +124,9 @@ def records(path: Path) -> list[dict]:
 
 
 def stage_rows(out: Path) -> list[dict]:
-    """Per stage: wall time (stages.json), steps, tokens, median tokens/s, first and last
-    training loss (GRPO: reward) and last validation loss, read from the stage's metrics.jsonl."""
+    """Per stage: wall time (stages.json), steps, tokens, median tokens/s, the training loss
+    (GRPO: reward) at the start and at the end (`ends`) and the last validation loss, read
+    from the stage's metrics.jsonl."""
     done = json.loads((out / "stages.json").read_text())
     rows = []
     for stage in ("tokenizer", *TRAINED, "eval", "samples"):
@@ -133,12 +134,22 @@ def stage_rows(out: Path) -> list[dict]:
         metrics = records(out / stage / "metrics.jsonl")
         if metrics:
             val = [r["val_loss"] for r in metrics if "val_loss" in r]
-            key = "reward" if stage == "grpo" else "loss"  # GRPO's surrogate loss says little; its reward does
+            first, last = ends(metrics, "reward" if stage == "grpo" else "loss")
             row.update(steps=metrics[-1]["step"], tokens=sum(r.get("tokens", 0) for r in metrics),
-                       tokens_per_s=statistics.median(r["tokens_per_s"] for r in metrics), measure=key,
-                       first=metrics[0][key], last=metrics[-1][key], val_loss=val[-1] if val else None)
+                       tokens_per_s=statistics.median(r["tokens_per_s"] for r in metrics),
+                       first=first, last=last, val_loss=val[-1] if val else None)
         rows.append(row)
     return rows
+
+
+def ends(metrics: list[dict], key: str) -> tuple[float, float]:
+    """Mean of `key` over the first and over the last 5% of the steps (at least one step
+    each): one step is noise. In a mixture with text, text steps only: every source has its
+    own loss scale, and the text one is comparable across stages."""
+    if any("text_loss" in r for r in metrics):
+        metrics, key = [r for r in metrics if "text_loss" in r], "text_loss"
+    k = max(1, len(metrics) // 20)
+    return (statistics.fmean(r[key] for r in metrics[:k]), statistics.fmean(r[key] for r in metrics[-k:]))
 
 
 def _f(value, digits: int = 3) -> str:
@@ -189,8 +200,8 @@ def write_report(out: Path) -> Path:
              f"GPU {env['gpu'] or 'none'}; pretraining precision {run_config.get('precision')}, "
              f"{run_config.get('world_size', 1)} process(es).", "",
              "## Stages", "",
-             "| stage | wall time (s) | steps | tokens | tokens/s (median) | first → last training loss "
-             "(GRPO: reward) | last validation loss |", "|---|---:|---:|---:|---:|---|---:|"]
+             "| stage | wall time (s) | steps | tokens | tokens/s (median) | training loss, first → last 5% of "
+             "steps (pretraining: text steps; GRPO: reward) | last validation loss |", "|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         losses = f"{r['first']:.3f} → {r['last']:.3f}" if "first" in r else "–"
         lines.append(f"| {r['stage']} | {_f(r['seconds'], 0)} | {r.get('steps', '–')} | "
@@ -228,7 +239,7 @@ def write_report(out: Path) -> Path:
 
 def summary_table(out: Path) -> str:
     """A few lines for the terminal: each stage's time and loss, then the evaluation."""
-    lines = [f"{'stage':<10}{'time':>8}  first -> last training loss (grpo: reward)"]
+    lines = [f"{'stage':<10}{'time':>8}  training loss, first -> last 5% of steps (pretrain: text; grpo: reward)"]
     for r in stage_rows(out):
         loss = f"{r['first']:.3f} -> {r['last']:.3f}" if "first" in r else ""
         lines.append(f"{r['stage']:<10}{_f(r['seconds'], 0):>7}s  {loss}")
