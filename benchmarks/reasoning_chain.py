@@ -3,6 +3,9 @@ with a control that spends GRPO's wall-clock time on more SFT instead.
 
     python benchmarks/reasoning_chain.py --base runs/tiny-shakespeare/checkpoint --out runs/chain
 
+(runs/tiny-shakespeare is the former main job; docs/results.md, "Text pretraining, 600 steps",
+has the two commands that make it.)
+
 Stages (each skipped when its checkpoint exists, so a rerun only redoes what is missing):
   sft      quatrix sft --init BASE --data task:TASK --steps SFT_STEPS --final-lr SFT_FINAL_LR
   grpo     quatrix grpo --init sft --task TASK --steps GRPO_STEPS         (timed)
@@ -40,7 +43,7 @@ def evaluate(ckpt: Path, args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default="runs/tiny-shakespeare/checkpoint", help="a pretrained checkpoint (make run)")
+    p.add_argument("--base", default="runs/tiny-shakespeare/checkpoint", help="a pretrained checkpoint")
     p.add_argument("--task", default=TASK)
     p.add_argument("--out", default="runs/chain")
     p.add_argument("--sft-steps", type=int, default=750)
