@@ -40,6 +40,19 @@ def test_synthesized_clips_are_deterministic_speech_at_16k(corpus, pattern):
     assert held.voice in voices("eval")
 
 
+def test_a_corpus_made_in_two_processes_is_the_same(tmp_path):
+    """espeak-ng's noise generator (breathy voices such as +f5) would otherwise follow the clock."""
+    import subprocess
+    import sys
+
+    script = ("import sys, hashlib; from quatrix.data.speech import speech_corpus; "
+              "d = speech_corpus('spoken-digits', 150, 0, sys.argv[1]); "
+              "print(hashlib.sha256(d['waves'].tobytes()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True,
+                              check=True).stdout for name in ("a", "b")}
+    assert len(digests) == 1
+
+
 def test_clips_at_another_sample_rate_are_resampled():
     clip16, clip8 = synthesize_clip("spoken-digits", 0, "train", 1), synthesize_clip("spoken-digits", 0, "train", 1, 8000)
     assert abs(clip8.wave.numel() * 2 - clip16.wave.numel()) < 0.01 * clip16.wave.numel()

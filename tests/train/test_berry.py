@@ -145,3 +145,24 @@ def test_a_gpu_recipe_refuses_a_cpu(tmp_path, capsys):
         pytest.skip("a GPU is present")
     assert main(["run", "berry", "--preset", "berry-q0", "--out", str(tmp_path / "q0")]) == 2
     assert "sized for GPUs" in capsys.readouterr().err and not (tmp_path / "q0").exists()
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_its_training_stages_under_torchrun(tmp_path, monkeypatch):
+    """--nproc 2: every training stage in two processes (gloo on CPU), then the report."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run_micro(tmp_path, "ddp", "--nproc", "2") == 0
+    for stage in ("pretrain", "sft", "grpo"):
+        assert json.loads((tmp_path / "ddp" / stage / "run_config.json").read_text())["world_size"] == 2
+    assert "## Evaluation" in (tmp_path / "ddp" / "report.md").read_text()
+
+
+def test_time_left_scales_the_recipes_estimate_by_the_finished_stages():
+    from quatrix.train.berry import remaining
+
+    recipe = {"expected_seconds": {"tokenizer": 5, "pretrain": 100, "sft": 50, "grpo": 30, "eval": 10, "samples": 0}}
+    assert remaining(recipe, {}, "tokenizer") == "about 3:15 (the recipe's estimate)"
+    assert remaining(recipe, {"tokenizer": {"seconds": 50}}, "pretrain") == "about 3:10 (the recipe's estimate)"
+    done = {"tokenizer": {"seconds": 5}, "pretrain": {"seconds": 205}}  # twice as slow as expected
+    assert remaining(recipe, done, "sft") == "about 3:00"
+    assert remaining({}, {}, "sft") == "unknown time"

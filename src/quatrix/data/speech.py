@@ -11,11 +11,13 @@ the `espeakng-loader` wheel (`pip install espeakng-loader`, the `audio` extra) s
 library and its voice data and is driven here through its C API (`ctypes`); without it an
 `espeak-ng` program on the PATH (apt) is used. What a clip says and how (its text, voice,
 speaking rate and pitch) is a function of (seed, split, index), drawn from one seeded
-generator. Its samples are not quite: espeak-ng carries state such as its pitch "flutter"
-from one utterance to the next inside a process, so a clip made twice differs by a few
-samples in length and well under 1% in energy. A training corpus is therefore synthesized
-once and cached (`speech_corpus`), and every run reads the very same samples; evaluation
-clips are made afresh, first thing in the process. Voices are English accents crossed with
+generator, and espeak-ng's noise generator (breathy voices) is seeded from the same
+triple, not the clock. The samples still depend a little on what the process synthesized
+before: espeak-ng carries its pitch "flutter" from one utterance to the next, so a clip
+made twice in one process differs by a few samples in length and well under 1% in energy.
+A corpus made in a fresh process, in order, is the same every time; a training corpus is
+synthesized once and cached (`speech_corpus`), and every run reads the very same samples;
+evaluation clips are made afresh, first thing in the process. Voices are English accents crossed with
 espeak's voice variants; the variants in HELD_OUT_VARIANTS are never used for training, so
 evaluation hears speakers the model has not heard.
 
@@ -99,7 +101,8 @@ def synthesize_clip(corpus: str, seed: int, split: str, index: int, sample_rate:
     """Clip `index` of a built-in corpus, for the training or the held-out voices: a pure
     function of its arguments (and the espeak-ng version)."""
     spoken, clip = draw_clip(corpus, seed, split, index, **options)
-    wave, native = espeak().synthesize(spoken, clip.voice, clip.rate, clip.pitch)
+    noise_seed = _stable(f"{corpus}|{seed}|{split}|{index}")
+    wave, native = espeak().synthesize(spoken, clip.voice, clip.rate, clip.pitch, noise_seed)
     clip.wave = resample(wave, native, sample_rate)
     return clip
 
@@ -131,6 +134,10 @@ class _Espeak:
         self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                           ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        # espeak-ng's noise generator (breathy voices) is seeded from the clock unless told
+        self.set_seed = getattr(self.lib, "espeak_ng_SetRandSeed", None)
+        if self.set_seed is not None:
+            self.set_seed.argtypes = [ctypes.c_long]
         data = espeakng_loader.get_data_path().encode()
         self.rate = self.lib.espeak_Initialize(2, 0, data, 0)  # AUDIO_OUTPUT_SYNCHRONOUS
         if self.rate <= 0:
@@ -145,7 +152,9 @@ class _Espeak:
             self.chunks.append(np.ctypeslib.as_array(samples, shape=(n,)).copy())
         return 0  # 0: go on
 
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+    def synthesize(self, text: str, voice: str, rate: int, pitch: int, seed: int = 0) -> tuple[np.ndarray, int]:
+        if self.set_seed is not None:
+            self.set_seed(seed)
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"espeak-ng has no voice {voice!r}")
         self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE
@@ -160,12 +169,13 @@ class _Espeak:
 
 
 class _EspeakProgram:
-    """The `espeak-ng` program (apt-get install espeak-ng), one process per clip."""
+    """The `espeak-ng` program (apt-get install espeak-ng), one process per clip. It has no
+    option to seed its noise generator, so breathy voices vary from run to run this way."""
 
     def __init__(self, path: str):
         self.path = path
 
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+    def synthesize(self, text: str, voice: str, rate: int, pitch: int, seed: int = 0) -> tuple[np.ndarray, int]:
         import soundfile
 
         done = subprocess.run([self.path, "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", text],

@@ -119,8 +119,9 @@ def remaining(recipe: dict, done: dict, stage: str) -> str:
         return "unknown time"
     todo = STAGES[STAGES.index(stage):]
     finished = [s for s in done if expected.get(s)]
-    scale = (sum(done[s]["seconds"] for s in finished) / sum(expected[s] for s in finished)) if finished else 1.0
-    guess = "" if finished else " (the recipe's estimate)"
+    measured = sum(expected[s] for s in finished) >= 60  # a few seconds' stage says little about this machine
+    scale = sum(done[s]["seconds"] for s in finished) / sum(expected[s] for s in finished) if measured else 1.0
+    guess = "" if measured else " (the recipe's estimate)"
     return f"about {clock(scale * sum(expected.get(s, 0) for s in todo))}{guess}"
 
 
