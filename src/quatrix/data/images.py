@@ -10,13 +10,13 @@ pairs; served as (input_ids, labels, pixel_values) batches in a seeded, resumabl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from quatrix.data.pairs import read_pairs
 from quatrix.vision import image_to_tensor, load_image
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -104,7 +104,7 @@ class ImageTextSource:
             self.size = len(self.labels)
         else:
             self.kind = "pairs"
-            self.pairs = read_pairs(Path(name_or_path))
+            self.pairs = read_pairs(Path(name_or_path), "image", IMAGE_SUFFIXES, "caption", "clevr, digits")
             self.size = len(self.pairs)
 
     def example(self, index: int) -> tuple[torch.Tensor, str]:
@@ -120,40 +120,3 @@ class ImageTextSource:
             return image_to_tensor(image, self.image_size), f"A handwritten digit {self.labels[index]}."
         path, text = self.pairs[index]
         return load_image(path, self.image_size), text
-
-
-def read_pairs(path: Path) -> list[tuple[Path, str]]:
-    """(image path, text) pairs from a .jsonl or a folder of images with .txt captions."""
-    if not path.exists():
-        raise FileNotFoundError(f"image-text data not found: {path} (built-in: clevr, digits)")
-    pairs = []
-    if path.is_dir():
-        for image in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            caption = image.with_suffix(".txt")
-            if not caption.is_file():
-                raise ValueError(f"{image} has no caption file {caption.name}")
-            pairs.append((image, _utf8(caption).strip()))
-    else:
-        for number, line in enumerate(_utf8(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                image, text = path.parent / record["image"], record["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{number}: expected {{\"image\": path, \"text\": caption}}") from None
-            if not isinstance(text, str) or not isinstance(record["image"], str):
-                raise ValueError(f"{path}:{number}: \"image\" and \"text\" must be strings")
-            if not image.is_file():
-                raise FileNotFoundError(f"{path}:{number}: image not found: {image}")
-            pairs.append((image, text))
-    if not pairs:
-        raise ValueError(f"{path} holds no image-text pairs")
-    return pairs
-
-
-def _utf8(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None

@@ -3,9 +3,52 @@ in a seeded, resumable order: the image-text and audio-text sources of pretraini
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from quatrix.data.order import EpochOrder
+
+
+def read_pairs(path: Path, key: str, suffixes: tuple[str, ...], text_name: str, builtin: str) -> list[tuple[Path, str]]:
+    """(media path, text) pairs from a folder of media files each with a same-named .txt
+    (`text_name`: "caption", "transcript"), or a .jsonl of {key: path, "text": ...} with
+    paths relative to the file. Every problem is named with its file (and line)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{key}-text data not found: {path} (built-in: {builtin})")
+    pairs = []
+    if path.is_dir():
+        for media in sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes):
+            text = media.with_suffix(".txt")
+            if not text.is_file():
+                raise ValueError(f"{media} has no {text_name} file {text.name}")
+            pairs.append((media, utf8(text).strip()))
+    else:
+        for number, line in enumerate(utf8(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                media, text = record[key], record["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{number}: expected {{\"{key}\": path, \"text\": {text_name}}}") from None
+            if not isinstance(text, str) or not isinstance(media, str):
+                raise ValueError(f"{path}:{number}: \"{key}\" and \"text\" must be strings")
+            media_path = Path(media) if Path(media).is_absolute() else path.parent / media
+            if not media_path.is_file():
+                raise FileNotFoundError(f"{path}:{number}: {key} not found: {media_path}")
+            pairs.append((media_path, text))
+    if not pairs:
+        raise ValueError(f"{path} holds no {key}-text pairs ({', '.join(suffixes)} files with .txt {text_name}s)")
+    return pairs
+
+
+def utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None
 
 
 class PairLoader:

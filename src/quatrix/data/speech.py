@@ -256,40 +256,9 @@ def pad_waves(waves: list[Tensor]) -> Tensor:
 
 def read_audio_pairs(path: Path) -> list[tuple[Path, str]]:
     """(audio path, transcript) pairs from a folder of clips with .txt transcripts or a .jsonl."""
-    if not path.exists():
-        raise FileNotFoundError(f"audio-text data not found: {path} (built-in: {', '.join(CORPORA)})")
-    pairs = []
-    if path.is_dir():
-        for clip in sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
-            transcript = clip.with_suffix(".txt")
-            if not transcript.is_file():
-                raise ValueError(f"{clip} has no transcript file {transcript.name}")
-            pairs.append((clip, _utf8(transcript).strip()))
-    else:
-        for number, line in enumerate(_utf8(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                clip, text = record["audio"], record["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{number}: expected {{\"audio\": path, \"text\": transcript}}") from None
-            if not isinstance(text, str) or not isinstance(clip, str):
-                raise ValueError(f"{path}:{number}: \"audio\" and \"text\" must be strings")
-            clip_path = Path(clip) if Path(clip).is_absolute() else path.parent / clip
-            if not clip_path.is_file():
-                raise FileNotFoundError(f"{path}:{number}: audio file not found: {clip_path}")
-            pairs.append((clip_path, text))
-    if not pairs:
-        raise ValueError(f"{path} holds no audio-text pairs ({', '.join(AUDIO_SUFFIXES)} files with .txt transcripts)")
-    return pairs
+    from quatrix.data.pairs import read_pairs
 
-
-def _utf8(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    return read_pairs(Path(path), "audio", AUDIO_SUFFIXES, "transcript", ", ".join(CORPORA))
 
 
 # ---------------------------------------------------------------------- a cached corpus
