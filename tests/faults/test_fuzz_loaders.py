@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from quatrix import QuatrixLM
 from quatrix.config import QuatrixConfig
-from quatrix.data.images import read_pairs
+from quatrix.data.images import read_image_pairs
 from quatrix.data.text import prepare_tokens, read_documents
 from quatrix.tokenizer import load_tokenizer, train_tokenizer
 from quatrix.vision import load_image
@@ -91,7 +91,7 @@ def test_image_text_pairs(tmp_path_factory, lines, make_image, raw):
     else:
         path.write_bytes(raw)
     try:
-        pairs = read_pairs(path)
+        pairs = read_image_pairs(path)
     except CLEAR as e:
         assert str(path) in str(e)
         return

@@ -104,7 +104,7 @@ class ImageTextSource:
             self.size = len(self.labels)
         else:
             self.kind = "pairs"
-            self.pairs = read_pairs(Path(name_or_path), "image", IMAGE_SUFFIXES, "caption", "clevr, digits")
+            self.pairs = read_image_pairs(Path(name_or_path))
             self.size = len(self.pairs)
 
     def example(self, index: int) -> tuple[torch.Tensor, str]:
@@ -120,3 +120,8 @@ class ImageTextSource:
             return image_to_tensor(image, self.image_size), f"A handwritten digit {self.labels[index]}."
         path, text = self.pairs[index]
         return load_image(path, self.image_size), text
+
+
+def read_image_pairs(path: Path) -> list[tuple[Path, str]]:
+    """(image path, caption) pairs from a folder of images with .txt captions or a .jsonl."""
+    return read_pairs(Path(path), "image", IMAGE_SUFFIXES, "caption", "clevr, digits")
