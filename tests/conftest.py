@@ -43,3 +43,12 @@ def chat_checkpoint(tmp_path_factory):
     model.save_pretrained(root)
     tokenizer.save(root)
     return root
+
+
+def piped_chat(ckpt, stdin: str, *extra):
+    """`quatrix chat` in a child process, its user turns and commands piped in; greedy, 6 new tokens."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "quatrix.cli", "chat", "--ckpt", str(ckpt), "--max-new-tokens", "6",
+                           "--temperature", "0", *extra], input=stdin, capture_output=True, text=True, timeout=120)

@@ -1,7 +1,5 @@
 """`quatrix chat` driven through a pipe, and the session behind it."""
 
-import subprocess
-import sys
 
 import pytest
 
@@ -9,9 +7,7 @@ from quatrix.session import ChatSession
 from quatrix.tokenizer import load_model_and_tokenizer
 
 
-def chat(ckpt, stdin: str, *extra):
-    return subprocess.run([sys.executable, "-m", "quatrix.cli", "chat", "--ckpt", str(ckpt), "--max-new-tokens", "6",
-                           "--temperature", "0", *extra], input=stdin, capture_output=True, text=True, timeout=120)
+from tests.conftest import piped_chat as chat
 
 
 def test_chat_reads_one_turn_per_line_from_a_pipe(chat_checkpoint):

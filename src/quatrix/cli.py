@@ -117,13 +117,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError("--image given but the model has no vision encoder (use_vision=False)")
         media["pixel_values"] = load_image(args.image, model.config.image_size)[None]
     if args.audio:
-        from quatrix.data.speech import check_clip, read_audio
+        from quatrix.data.speech import read_audio
 
         if model.audio is None:
             raise ValueError("--audio given but the model has no audio encoder (use_audio=False)")
         c = model.config
-        media["mel_values"] = check_clip(read_audio(args.audio, c.sample_rate, c.audio_max_seconds), c.sample_rate,
-                                         c.audio_max_seconds, args.audio)[None]
+        media["mel_values"] = read_audio(args.audio, c.sample_rate, c.audio_max_seconds)[None]
     steps = stream(
         model, [prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         stop_token_ids=args.stop_id, num_samples=args.num_samples, truncate=args.truncate,

@@ -49,14 +49,13 @@ class ChatSession:
     def attach_audio(self, path) -> None:
         """Send an audio file (WAV, FLAC; any sample rate) with the next message; one clip
         per conversation, as for images."""
-        from quatrix.data.speech import check_clip, read_audio
+        from quatrix.data.speech import read_audio
 
         config = self.model.config
         if self.model.audio is None:
             raise ValueError("this model has no audio encoder, so it cannot hear audio")
         self._check_free("audio")
-        wave = read_audio(path, config.sample_rate, config.audio_max_seconds)
-        self.pending["audio"] = check_clip(wave, config.sample_rate, config.audio_max_seconds, str(path))
+        self.pending["audio"] = read_audio(path, config.sample_rate, config.audio_max_seconds)
 
     def _check_free(self, key: str) -> None:
         if key in self.pending or self.attached(key) is not None:

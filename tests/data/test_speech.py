@@ -135,6 +135,8 @@ def test_read_audio_errors_name_the_file(tmp_path):
     soundfile.write(str(tmp_path / "empty.wav"), np.zeros((0, 1)), 16000)
     with pytest.raises(ValueError, match="empty.wav is empty"):
         read_audio(tmp_path / "empty.wav")
+    with pytest.raises(ValueError, match="click.wav has 160 samples, shorter than one 25 ms window"):
+        read_audio(write_wave(tmp_path / "click.wav", seconds=0.01), 16000)
     with pytest.raises(ValueError, match="long.wav is 3.00 s long; .* at most 2.0 s"):
         read_audio(write_wave(tmp_path / "long.wav", seconds=3.0), max_seconds=2.0)
 

@@ -2,8 +2,6 @@
 clips), GRPO, eval with error rates and baselines, generate --audio and chat /audio."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from quatrix.eval.tasks import _error_rates
 from quatrix.tasks import load_task, task_from_spec
 from quatrix.tasks.base import Item
 from quatrix.tokenizer import load_tokenizer
-from tests.conftest import tiny_config
+from tests.conftest import piped_chat, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +145,7 @@ def test_chat_sends_a_clip_with_the_next_message(audio_checkpoint, chat_checkpoi
     script = f"/audio {path}\nwhat did I say?\n/audio {path}\n/audio {tmp_path / 'missing.wav'}\n"
 
     def chat(ckpt):
-        return subprocess.run([sys.executable, "-m", "quatrix.cli", "chat", "--ckpt", str(ckpt), "--max-new-tokens",
-                               "4", "--temperature", "0"], input=script, capture_output=True, text=True, timeout=120)
+        return piped_chat(ckpt, script, "--max-new-tokens", "4")
 
     lines = chat(audio_checkpoint).stdout.splitlines()
     assert lines[0] == "(audio attached to your next message)"

@@ -7,7 +7,7 @@ import pytest
 from quatrix import QuatrixLM
 from quatrix.cli import main
 from quatrix.tokenizer import load_tokenizer
-from tests.conftest import tiny_config
+from tests.conftest import piped_chat, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,6 @@ def test_majority_baseline_is_the_commonest_training_answer_per_kind():
 
 
 def test_chat_sends_an_image_with_the_next_message(vision_checkpoint, chat_checkpoint, tmp_path):
-    import subprocess
-    import sys
 
     from PIL import Image
 
@@ -67,8 +65,7 @@ def test_chat_sends_an_image_with_the_next_message(vision_checkpoint, chat_check
     script = f"/image {tmp_path / 'grey.png'}\nwhat is this?\n/image {tmp_path / 'grey.png'}\n/image {tmp_path / 'bad.png'}\n"
 
     def chat(ckpt):
-        return subprocess.run([sys.executable, "-m", "quatrix.cli", "chat", "--ckpt", str(ckpt), "--max-new-tokens",
-                               "4", "--temperature", "0"], input=script, capture_output=True, text=True, timeout=120)
+        return piped_chat(ckpt, script, "--max-new-tokens", "4")
 
     lines = chat(vision_checkpoint).stdout.splitlines()
     assert lines[0] == "(image attached to your next message)"

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from quatrix.data.pairs import read_pairs
+
 SAMPLE_RATE = 16000
 CORPORA = ("spoken-digits", "spoken-numbers", "spoken-sentences")
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -217,7 +219,8 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> Tensor:
 
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> Tensor:
     """An audio file (WAV, FLAC, anything libsndfile reads) -> [T] float32 mono at
-    `sample_rate`. Clear errors for a missing, unreadable, empty or too long file."""
+    `sample_rate`. Clear errors for a missing, unreadable, empty, too short (under one 25 ms
+    window) or too long file."""
     import soundfile
 
     path = Path(path)
@@ -233,7 +236,8 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: fl
     if max_seconds is not None and seconds > max_seconds:
         raise ValueError(f"audio {path} is {seconds:.2f} s long; the model's audio encoder takes at most "
                          f"{max_seconds} s (config.audio_max_seconds): cut the clip")
-    return resample(wave.mean(axis=1), rate, sample_rate)
+    return check_clip(resample(wave.mean(axis=1), rate, sample_rate), sample_rate, max_seconds or float("inf"),
+                      str(path))
 
 
 def check_clip(wave: Tensor, sample_rate: int, max_seconds: float, name: str = "audio") -> Tensor:
@@ -256,8 +260,6 @@ def pad_waves(waves: list[Tensor]) -> Tensor:
 
 def read_audio_pairs(path: Path) -> list[tuple[Path, str]]:
     """(audio path, transcript) pairs from a folder of clips with .txt transcripts or a .jsonl."""
-    from quatrix.data.pairs import read_pairs
-
     return read_pairs(Path(path), "audio", AUDIO_SUFFIXES, "transcript", ", ".join(CORPORA))
 
 
@@ -345,8 +347,7 @@ class AudioTextSource:
             wave = torch.from_numpy(self.corpus["waves"][a:b].astype(np.float32) / 32767.0)
             return wave, str(self.corpus["texts"][index])
         path, text = self.pairs[index]
-        wave = read_audio(path, self.sample_rate, self.max_seconds)
-        return check_clip(wave, self.sample_rate, self.max_seconds, str(path)), text
+        return read_audio(path, self.sample_rate, self.max_seconds), text
 
     @staticmethod
     def stack(waves: list[Tensor]) -> Tensor:
