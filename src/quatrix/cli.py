@@ -274,6 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_arguments(run)
 
+    export = sub.add_parser("export", help="write a checkpoint in another format: `quatrix export hf`")
+    export_sub = export.add_subparsers(dest="export_format", required=True)
+    hf = export_sub.add_parser("hf", help="a folder that transformers loads (AutoModelForCausalLM, "
+                                          "trust_remote_code=True); needs the [hf] extra")
+    hf.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
+    hf.add_argument("--out", required=True, help="the folder to write (an earlier export there is replaced)")
+    hf.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="weights dtype in model.safetensors")
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP API and a web chat page for a checkpoint "
+                                         "(needs the [serve] extra)")
+    serve.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=nonnegative_int, default=8000)
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ (default: none)")
+    serve.add_argument("--model-name", help="the model id clients see (default: the checkpoint folder's name)")
+    serve.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together")
+    serve.add_argument("--max-queue", type=nonnegative_int, default=64,
+                       help="requests waiting for room beyond which the server answers 429")
+    serve.add_argument("--max-tokens", type=positive_int, default=256,
+                       help="new tokens per reply when a request does not say")
+    serve.add_argument("--max-body-mb", type=positive_float_arg, default=8.0, help="request body limit")
+    serve.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    serve.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
     tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     train = tok_sub.add_parser("train", help="train on a corpus and save to a directory")
@@ -469,6 +494,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_berry(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from quatrix.hf.export import export_hf
+    except ImportError as e:
+        raise ValueError(f"export hf needs transformers: pip install 'quatrix[hf]' ({e})") from None
+    out = export_hf(args.ckpt, args.out, dtype=args.dtype)
+    print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from quatrix.serve.main import main as serve
+
+    return serve(args)
+
+
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from quatrix.data.text import read_documents
     from quatrix.tokenizer import train_tokenizer
@@ -483,7 +524,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "pretrain": cmd_pretrain, "eval": cmd_eval,
             "tokenizer": cmd_tokenizer, "ablate": cmd_ablate, "sft": cmd_sft, "grpo": cmd_grpo, "chat": cmd_chat,
-            "tasks": cmd_tasks, "world": cmd_world, "run": cmd_run}
+            "tasks": cmd_tasks, "world": cmd_world, "run": cmd_run, "export": cmd_export, "serve": cmd_serve}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -512,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"quatrix {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: no traceback; training stages continue with --resume

@@ -53,6 +53,14 @@ class LayerCache:
         self.keys = self.keys.repeat_interleave(n, dim=0)
         self.contents = self.contents.repeat_interleave(n, dim=0)
 
+    def resize(self, max_len: int) -> None:
+        """Room for max_len tokens, keeping what is cached (one copy)."""
+        for name in ("keys", "contents"):
+            old = getattr(self, name)
+            new = old.new_zeros(*old.shape[:2], max_len, old.shape[3])
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)
+
 
 class Cache:
     """The whole model's cache (a quatrix.cache.ModelCache): one LayerCache per block, plus
@@ -60,12 +68,14 @@ class Cache:
     each row has seen (its next position id).
 
     Room is `max_text_len` text tokens plus the image / audio prefix of the first forward;
-    the layers are allocated then, when the prefix length is known."""
+    the layers are allocated then, when the prefix length is known. With grow=True a full
+    cache doubles its room instead of raising (for callers that cannot know the length in
+    advance, like `transformers`' generate); the engine sizes its caches exactly."""
 
-    def __init__(self, model, batch: int, max_text_len: int, dtype=None, device=None):
+    def __init__(self, model, batch: int, max_text_len: int, dtype=None, device=None, grow: bool = False):
         param = next(model.parameters())
         self.dtype, self.device = dtype or param.dtype, device or param.device
-        self.batch, self.max_text_len = batch, max_text_len
+        self.batch, self.max_text_len, self.grow = batch, max_text_len, grow
         self.max_positions = model.config.max_seq_len
         self.layouts = [block.mixer.cache_layout() for block in model.blocks]
         self.layers: list[LayerCache] = []
@@ -102,6 +112,8 @@ class Cache:
         elif prefix_len:
             raise ValueError("an image or audio prefix can only come with the first (prefill) forward")
         n = prefix_len + L
+        if self.length + n > self.key_mask.shape[1] and self.grow:
+            self._resize(max(self.length + n, 2 * self.key_mask.shape[1]))
         if self.length + n > self.key_mask.shape[1]:
             raise ValueError(f"cache is full: {self.length + n} tokens do not fit its {self.key_mask.shape[1]} slots")
         if real is None:
@@ -118,6 +130,59 @@ class Cache:
         self.text_steps += L
         mask = routing_mask(self.key_mask[:, : self.length], causal=True, query_len=n) if self.padded else None
         return positions, mask
+
+    def _resize(self, size: int) -> None:
+        for layer in self.layers:
+            layer.resize(size)
+        key_mask = self.key_mask.new_zeros(self.batch, size)
+        key_mask[:, : self.length] = self.key_mask[:, : self.length]
+        self.key_mask = key_mask
+
+    # ------------------------------------------------------------------ continuous batching
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only `rows` (in that order), e.g. when sequences finish, and drop the leading
+        slots no remaining row uses."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        used = self.key_mask[index, : self.length]
+        first = int(used.any(0).long().argmax()) if used.numel() and bool(used.any()) else self.length
+        self._rebuild([(self, index, first)], self.length - first)
+
+    @classmethod
+    def merge(cls, caches: Sequence["Cache"]) -> "Cache":
+        """One cache holding the rows of all `caches` (same model): each row's slots are
+        right-aligned to the longest, the slots before them masked off like left padding.
+        Routing sees only real slots, so a row continues exactly as in its own cache (up to
+        floating-point summation order in batched kernels)."""
+        merged = caches[0]
+        parts = [(c, torch.arange(c.batch, device=c.device), 0) for c in caches]
+        width = max(c.length for c in caches)
+        merged._rebuild(parts, width)
+        return merged
+
+    def _rebuild(self, parts, width: int) -> None:
+        """Refill self from (cache, rows, first slot) parts, each right-aligned to `width` slots."""
+        first_cache = parts[0][0]
+        batch = sum(len(rows) for _, rows, _ in parts)
+        size = width + max(16, width // 2)  # room to decode before the next resize
+        layers = [LayerCache(batch, size, lay, self.dtype, self.device) for lay in first_cache.layouts]
+        key_mask = torch.zeros(batch, size, dtype=torch.bool, device=self.device)
+        text_len = torch.zeros(batch, dtype=torch.long, device=self.device)
+        start = 0
+        for cache, rows, first in parts:
+            n, used = len(rows), cache.length - first
+            at = width - used  # right-aligned
+            for new, old in zip(layers, cache.layers):
+                new.keys[start : start + n, :, at:width] = old.keys[rows, :, first : cache.length]
+                new.contents[start : start + n, :, at:width] = old.contents[rows, :, first : cache.length]
+            key_mask[start : start + n, at:width] = cache.key_mask[rows, first : cache.length]
+            text_len[start : start + n] = cache.text_len[rows]
+            start += n
+        for layer in layers:
+            layer.length = width
+        self.layers, self.key_mask, self.text_len = layers, key_mask, text_len
+        # rows no longer share a slot count: bound positions by the furthest row's own
+        self.batch, self.length, self.text_steps, self.grow = batch, width, int(text_len.max()), True
+        self.padded = not bool(key_mask[:, :width].all())
 
     def repeat_interleave(self, n: int) -> None:
         """Row b becomes rows b*n .. b*n + n-1: n samples share one prefill."""
