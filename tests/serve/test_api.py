@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi", reason="the [serve] extra (fastapi, uvicorn) is not installed")
 

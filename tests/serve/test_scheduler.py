@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config
 from quatrix import QuatrixLM
 from quatrix.engine import Cache, generate
-from quatrix.serve.scheduler import Delta, Done, QueueFull, Request, Scheduler, _Choice, wait_for
+from quatrix.serve.scheduler import Delta, Done, QueueFull, Request, Scheduler, _Choice
 
 STOP = 96  # the tiny model's stop token
 

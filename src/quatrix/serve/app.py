@@ -27,7 +27,7 @@ from importlib.resources import files
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quatrix.chat import END, REASONING_TAGS, check_messages, render
@@ -248,6 +248,10 @@ def create_app(scheduler: Scheduler, *, model_name: str, api_key: str | None = N
     async def health():
         return {"status": "ok", "model": model_name, "vision": model.vision is not None,
                 "context": config.max_seq_len, **scheduler.load}
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():

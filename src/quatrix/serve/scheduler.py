@@ -178,7 +178,8 @@ class Scheduler:
     @property
     def load(self) -> dict:
         return {"running_sequences": len(self.rows), "waiting_requests": len(self.waiting),
-                "max_batch": self.max_batch, "max_queue": self.max_queue}
+                "max_batch": self.max_batch, "max_queue": self.max_queue, "largest_batch": self.largest_batch,
+                "decode_steps": self.steps}
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
