@@ -217,8 +217,8 @@ def main() -> None:
             if args.parity:
                 results[name]["parity"] = parity(ckpt, args.parity, args.max_tokens, args.max_batch)
             print(name, json.dumps(results[name]), flush=True)
-    print(f"\n| mixer | tokens/s | req/s | TTFT p50 / p95 (ms) | per token p50 / p95 (ms) | largest batch | "
-          f"greedy differs batched vs alone |")
+    print("\n| mixer | tokens/s | req/s | TTFT p50 / p95 (ms) | per token p50 / p95 (ms) | largest batch | "
+          "greedy differs batched vs alone |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         load_, par = r["load"], r.get("parity")

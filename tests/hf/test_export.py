@@ -160,3 +160,22 @@ def test_export_writes_a_complete_folder_and_refuses_foreign_targets(exported, t
     with pytest.raises(FileNotFoundError, match="not found"):
         export_hf(tmp_path / "nowhere", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def test_gpt2_tokenizer_export_encodes_like_quatrix(tmp_path):
+    """GPT-2's tiktoken ranks, converted by transformers: same ids, special tokens included."""
+    from transformers import PreTrainedTokenizerFast
+
+    from quatrix.tokenizer import GPT2Tokenizer
+
+    tokenizer = GPT2Tokenizer()
+    model = QuatrixLM(tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=16, q_rank=8, num_layers=1))
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save(tmp_path / "ckpt")
+    out = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    hf = PreTrainedTokenizerFast.from_pretrained(out)
+    text = "Hello world, ROMEO. 12 + 34 = 46 — naïve café"
+    assert hf.encode(text, add_special_tokens=False) == tokenizer.encode(text)
+    assert hf.decode(tokenizer.encode(text)) == text
+    ids, _ = render(CONVERSATION, tokenizer, add_generation_prompt=True)
+    assert hf.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=True, return_dict=False) == ids

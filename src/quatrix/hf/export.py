@@ -139,10 +139,13 @@ def _write_tokenizer(tokenizer, directory: Path, max_len: int) -> None:
     if tokenizer.kind == "bpe":
         atomic_write_text(directory / "tokenizer.json", tokenizer._tok.to_str())
     else:
-        from transformers.integrations.tiktoken import convert_tiktoken_to_fast
+        from transformers.convert_slow_tokenizer import TikTokenConverter
 
-        convert_tiktoken_to_fast(tokenizer._enc, str(directory))
-        shutil.rmtree(directory / "tiktoken", ignore_errors=True)  # the ranks, already inside tokenizer.json
+        from quatrix.tokenizer import GPT2_PATTERN, gpt2_ranks_path
+
+        converted = TikTokenConverter(vocab_file=str(gpt2_ranks_path()), pattern=GPT2_PATTERN,
+                                      extra_special_tokens=list(tokenizer.special)).converted()
+        atomic_write_text(directory / "tokenizer.json", converted.to_str())
     atomic_write_json(directory / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None, "eos_token": END, "pad_token": EOT, "unk_token": None,
