@@ -155,3 +155,29 @@ class _Recorder:
     @staticmethod
     def ids(text):
         return [int(t) for t in text.replace(">", "").split("<") if t]
+
+
+def test_identical_requests_stay_separate_and_a_failing_step_fails_only_what_runs():
+    _, scheduler = model_and_scheduler(max_batch=4)
+    scheduler.tokenizer = _Recorder()
+    sinks = [Collect(), Collect()]
+    scheduler.start()
+    try:
+        for sink in sinks:  # equal in every field: still two requests, each with its own Done
+            scheduler.submit(Request([1, 2, 3], 5, sink, sampling=_greedy()))
+        assert all(s.done.wait(30) for s in sinks)
+        assert [type(s.events[-1]).__name__ for s in sinks] == ["Done", "Done"]
+        texts = ["".join(e.text for e in s.events if isinstance(e, Delta)) for s in sinks]
+        assert texts[0] == texts[1]
+
+        step = scheduler._step
+        scheduler._step = lambda: (_ for _ in ()).throw(RuntimeError("boom"))
+        broken = Collect()
+        scheduler.submit(Request([1, 2], 5, broken))
+        assert broken.done.wait(30) and "generation failed: RuntimeError: boom" in broken.events[-1].message
+        scheduler._step = step
+        after = Collect()
+        scheduler.submit(Request([1, 2], 3, after, sampling=_greedy()))
+        assert after.done.wait(30) and isinstance(after.events[-1], Done)  # the server goes on
+    finally:
+        scheduler.stop()

@@ -50,7 +50,7 @@ class Failed:
     message: str
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two requests with equal fields are still two requests
 class Request:
     """One API request: a prompt, `n` choices, sampling and limits. `sink` is called from
     the scheduler thread with Delta, then one Done (or one Failed)."""
@@ -197,14 +197,23 @@ class Scheduler:
                         request = self.waiting.popleft()
                         if not request.cancelled.is_set():
                             admitted.append(request)
-                for request in admitted:
-                    self._admit(request)
-                if self.rows:
-                    self._step()
+                try:
+                    for request in admitted:
+                        self._admit(request)
+                    if self.rows:
+                        self._step()
+                except Exception as e:  # never let one bad step hang every client: fail what is running
+                    self._fail_running(f"generation failed: {type(e).__name__}: {e}")
         for choice in self.rows:  # shutting down: tell whoever is still waiting
             choice.request.sink(Failed("the server is shutting down"))
         for request in self.waiting:
             request.sink(Failed("the server is shutting down"))
+
+    def _fail_running(self, message: str) -> None:
+        for request, _ in itertools.groupby(self.rows, key=lambda c: c.request):
+            request.sink(Failed(message))
+        self.rows, self.cache, self.logits = [], None, None
+        self.generators.clear()
 
     def _admit(self, request: Request) -> None:
         """Prefill alone, share the prefill among the n choices, merge into the batch."""
