@@ -38,6 +38,25 @@ def test_train_and_held_out_items_never_share_a_question():
     assert [i.question for i in task.eval_items(5)] == [i.question for i in held[:5]]  # the same set every time
 
 
+def test_pools_split_the_training_questions_in_disjoint_parts_and_keep_the_held_out_set():
+    spec = "chain_sum:min_terms=2,max_terms=3,max_digits=1"
+    whole, first, second = (task_from_spec(s) for s in (spec, spec + ",pool=0/2", spec + ",pool=1/2"))
+
+    def questions(task, n=2000):
+        seen, index = set(), 0
+        for _ in range(n):
+            item, index = task.train_item(index)
+            seen.add(item.question)
+        return seen
+
+    a, b = questions(first), questions(second)
+    assert a and b and not a & b and (a | b) <= questions(whole, 6000)
+    assert [i.question for i in first.eval_items(20)] == [i.question for i in whole.eval_items(20)]
+    for bad in ("2/2", "a/b", "1"):
+        with pytest.raises(ValueError, match="expected K/N"):
+            task_from_spec(spec + f",pool={bad}")
+
+
 def test_the_split_hash_is_stable_and_holds_out_about_one_in_eight():
     share = sum(held_out(f"question {i}") for i in range(8000)) / 8000
     assert abs(share - 1 / HELD_OUT_EVERY) < 0.02

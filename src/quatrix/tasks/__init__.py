@@ -16,7 +16,7 @@ import difflib
 import json
 from typing import Any
 
-from quatrix.tasks.base import HELD_OUT_EVERY, REASONING_INSTRUCTION, Item, Task  # noqa: F401
+from quatrix.tasks.base import HELD_OUT_EVERY, REASONING_INSTRUCTION, Item, Task, parse_pool  # noqa: F401
 
 VISUAL_QA = "visual_qa"
 TRANSCRIBE = "transcribe"
@@ -30,9 +30,20 @@ def task_names() -> list[str]:
     return sorted([*reasoning_gym_names(), *OWN_TASKS])
 
 
-def load_task(name: str, *, seed: int = 0, **options: Any) -> Task:
+def load_task(name: str, *, seed: int = 0, pool: str | None = None, **options: Any) -> Task:
     """The task called `name` (a reasoning-gym dataset, visual_qa or transcribe), configured
-    by `options` (the dataset's own config fields, e.g. max_terms=3 for chain_sum)."""
+    by `options` (the dataset's own config fields, e.g. max_terms=3 for chain_sum).
+
+    pool="K/N" keeps only the K-th of N disjoint pools of training questions (by a hash
+    independent of the held-out split): SFT on pool 0/2 and GRPO on pool 1/2 means GRPO
+    trains on questions SFT never saw. The held-out set is the same whatever the pool."""
+    task = _load_task(name, seed=seed, **options)
+    if pool is not None:
+        task.pool = parse_pool(pool)
+    return task
+
+
+def _load_task(name: str, *, seed: int, **options: Any) -> Task:
     if name == VISUAL_QA:
         from quatrix.tasks.visual_qa import VisualQATask
 

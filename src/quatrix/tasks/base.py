@@ -39,6 +39,21 @@ def held_out(key: str) -> bool:
     return int.from_bytes(digest, "little") % HELD_OUT_EVERY == 0
 
 
+def pool_of(key: str, pools: int) -> int:
+    """Which of `pools` disjoint training pools a question belongs to (a second, independent hash)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"quatrix-pool").digest()
+    return int.from_bytes(digest, "little") % pools
+
+
+def parse_pool(value) -> tuple[int, int]:
+    """'1/2' -> (1, 2): the second of two pools."""
+    text = str(value)
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise ValueError(f"pool={text!r}: expected K/N with 0 <= K < N, e.g. pool=0/2")
+    return int(k), int(n)
+
+
 class Task:
     """Subclasses give `name`, `generate(split, index) -> Item` (deterministic in the seed,
     split and index) and `score(answer, item) -> float in [0, 1]`; `media` names what the
@@ -46,6 +61,7 @@ class Task:
 
     name: str
     media: tuple[str, ...] = ()
+    pool: tuple[int, int] | None = None  # (K, N): train only on the K-th of N disjoint pools of questions
 
     def is_held_out(self, item: Item) -> bool:
         """Whether the item belongs to the held-out set (by default a hash of its key)."""
@@ -73,10 +89,10 @@ class Task:
     def train_item(self, index: int) -> tuple[Item, int]:
         """The first training item at raw index >= `index`, and the raw index after it
         (held-out questions are skipped). A loader keeps that index as its position."""
-        for _ in range(100 * HELD_OUT_EVERY):
+        for _ in range(100 * HELD_OUT_EVERY * (self.pool[1] if self.pool else 1)):
             item = self.generate("train", index)
             index += 1
-            if not self.is_held_out(item):
+            if not self.is_held_out(item) and (self.pool is None or pool_of(item.key, self.pool[1]) == self.pool[0]):
                 return item, index
         raise ValueError(f"task {self.name}: no training question in {100 * HELD_OUT_EVERY} tries; "
                            "its question space is too small to split")
