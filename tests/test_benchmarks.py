@@ -119,3 +119,13 @@ def test_joint_mixture_benchmark_compares_with_text_only_runs(tmp_path):
                                         for line in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines())
     assert set(results["joint_final_train_loss"]) <= {"text", "image", "audio", "world"}
     assert "text only, same text tokens" in out and "world model: mse" in out
+
+
+def test_mcnemar_exact_p_values():
+    import paired_eval
+
+    assert paired_eval.mcnemar_exact(0, 0) == 1.0
+    assert paired_eval.mcnemar_exact(5, 5) == 1.0
+    assert abs(paired_eval.mcnemar_exact(0, 5) - 2 / 32) < 1e-12  # all five disagreements one way
+    assert abs(paired_eval.mcnemar_exact(37, 68) - paired_eval.mcnemar_exact(68, 37)) < 1e-15
+    assert paired_eval.mcnemar_exact(37, 68) < 0.01

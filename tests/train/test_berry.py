@@ -6,7 +6,7 @@ import re
 import pytest
 
 from quatrix.cli import main
-from quatrix.recipe import load_recipe, validate
+from quatrix.recipe import load_recipe, recipe_names, validate
 from quatrix.train.report import stage_rows
 
 
@@ -97,6 +97,13 @@ def test_an_interrupted_stage_resumes_to_the_same_numbers(micro_run, tmp_path):
         return rows, results["math"], perplexity
 
     assert numbers(killed) == numbers(micro_run / "straight")
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_built_in_recipe_is_valid(name):
+    recipe = load_recipe(name)
+    validate(recipe, f"{name}.json")
+    assert set(recipe["expected_seconds"]) == {"tokenizer", "pretrain", "sft", "grpo", "eval", "samples"}
 
 
 def test_print_recipe_round_trips(capsys, tmp_path):
