@@ -52,3 +52,22 @@ def piped_chat(ckpt, stdin: str, *extra):
 
     return subprocess.run([sys.executable, "-m", "quatrix.cli", "chat", "--ckpt", str(ckpt), "--max-new-tokens", "6",
                            "--temperature", "0", *extra], input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def sft_grpo_eval(init, out, capsys, *, sft_args: list[str], task: str, seq_len: int, n: int) -> dict:
+    """Two SFT steps from `init`, two GRPO steps on `task` from that, then `quatrix eval
+    --task --json` of the result: its JSON. The stages write under `out` (sft/, grpo/)."""
+    import json
+
+    from quatrix.cli import main
+
+    common = ["--steps", "2", "--eval-every", "2", "--save-every", "2", "--precision", "fp32"]
+    assert main(["sft", "--init", str(init), *sft_args, "--batch-size", "4", "--seq-len", str(seq_len),
+                 "--warmup", "1", "--eval-n", "4", "--sample-tokens", "0", "--out", str(out / "sft"), *common]) == 0
+    assert main(["grpo", "--init", str(out / "sft" / "checkpoint"), "--task", task, "--prompts-per-step", "2",
+                 "--group-size", "2", "--max-new-tokens", "4", "--eval-n", "4", "--out", str(out / "grpo"),
+                 *common]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(out / "grpo" / "checkpoint"), "--task", task, "--n", str(n),
+                 "--max-new-tokens", "4", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)

@@ -14,7 +14,7 @@ from quatrix.eval.tasks import _error_rates
 from quatrix.tasks import load_task, task_from_spec
 from quatrix.tasks.base import Item
 from quatrix.tokenizer import load_tokenizer
-from tests.conftest import piped_chat, tiny_config
+from tests.conftest import piped_chat, sft_grpo_eval, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +81,10 @@ def test_error_rates_on_hand_made_transcripts():
 
 
 def test_speech_trains_through_sft_grpo_and_evaluates_with_baselines(audio_checkpoint, tmp_path, capsys):
-    common = ["--steps", "2", "--eval-every", "2", "--save-every", "2", "--precision", "fp32"]
-    assert main(["sft", "--init", str(audio_checkpoint), "--audio-data", "spoken-digits:max_digits=2",
-                 "--batch-size", "4", "--seq-len", "64", "--warmup", "1", "--eval-n", "4", "--sample-tokens", "0",
-                 "--out", str(tmp_path / "sft"), *common]) == 0
+    result = sft_grpo_eval(audio_checkpoint, tmp_path, capsys, sft_args=["--audio-data", "spoken-digits:max_digits=2"],
+                           task="transcribe", seq_len=64, n=6)
     record = json.loads((tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["source"] == "task:transcribe:data=spoken-digits,max_digits=2" and "val_loss" in record
-    assert main(["grpo", "--init", str(tmp_path / "sft" / "checkpoint"), "--task", "transcribe",
-                 "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4", "--eval-n", "4",
-                 "--out", str(tmp_path / "grpo"), *common]) == 0
-    capsys.readouterr()
-    assert main(["eval", "--ckpt", str(tmp_path / "grpo" / "checkpoint"), "--task", "transcribe", "--n", "6",
-                 "--max-new-tokens", "4", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
     base = result["baselines"]
     assert 0 <= result["wer"] and 0 <= result["cer"] and set(result["accuracy_by_kind"]) <= {
         "1 digit", "2 digits", "3 digits"}
