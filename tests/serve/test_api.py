@@ -141,6 +141,8 @@ BAD = [
     ({"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x;base64,AA=="}},
                                                 {"type": "text", "text": "what"}]}]}, "no vision encoder"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA=="}},
+                                                {"type": "text", "text": "what"}]}]}, "no audio encoder"),
     ({"messages": [{"role": "user", "content": [{"type": "video", "text": "x"}]}]}, "field 'messages.0.content"),
 ]
 
@@ -256,3 +258,42 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(chat_checkpoint):
         # the freed slot serves the next request at once (max_queue=0: it would get 429 otherwise)
         r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 3}, timeout=60)
         assert r.status_code == 200
+
+
+def test_audio_checkpoint_takes_an_input_audio_part(tmp_path, chat_checkpoint):
+    import numpy as np
+    import soundfile
+
+    from quatrix.data.speech import read_audio
+    from quatrix.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(chat_checkpoint)
+    model = QuatrixLM(tiny_config(vocab_size=tokenizer.vocab_size, max_seq_len=128, use_audio=True))
+    model.save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    wave = (0.3 * np.sin(np.arange(6000) * 0.05)).astype("float32")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave, 8000, format="WAV")  # any rate: the server resamples
+    data = base64.b64encode(buffer.getvalue()).decode()
+    part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hello there"}, part]}]
+    app, model, _ = make_app(tmp_path)
+    with TestClient(app) as client:
+        assert client.get("/health").json()["audio"] is True
+        body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 6,
+                                                         "temperature": 0}).json()
+        broken = {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"not audio").decode()}}
+        bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi"}, broken]}]})
+        two = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi"}, part, part]}]})
+    prompt, _ = render([{"role": "user", "content": "hello there", "audio": True}], tokenizer,
+                       add_generation_prompt=True)
+    buffer.seek(0)
+    clip = read_audio(buffer, model.config.sample_rate, model.config.audio_max_seconds)[None]
+    end = [tokenizer.token_id("<|end|>"), tokenizer.eot_id]
+    expected = generate(model, [prompt], 6, temperature=0, stop_token_ids=end, mel_values=clip)
+    assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": len(expected.tokens[0]),
+                             "total_tokens": len(prompt) + len(expected.tokens[0])}
+    assert bad.status_code == 400 and "could not read audio input_audio" in bad.json()["error"]["message"]
+    assert two.status_code == 400 and "one audio clip per conversation" in two.json()["error"]["message"]

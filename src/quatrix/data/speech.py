@@ -36,6 +36,7 @@ import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -217,17 +218,22 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> Tensor:
-    """An audio file (WAV, FLAC, anything libsndfile reads) -> [T] float32 mono at
-    `sample_rate`. Clear errors for a missing, unreadable, empty, too short (under one 25 ms
-    window) or too long file."""
+def read_audio(path: str | Path | BinaryIO, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
+               name: str | None = None) -> Tensor:
+    """An audio file (WAV, FLAC, anything libsndfile reads), or its bytes as a file object
+    (named `name` in errors) -> [T] float32 mono at `sample_rate`. Clear errors for a
+    missing, unreadable, empty, too short (under one 25 ms window) or too long file."""
     import soundfile
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"audio file not found: {path}")
+        source = str(path)
+    else:
+        source, path = path, name or "audio"
     try:
-        wave, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # [T, channels]
+        wave, rate = soundfile.read(source, dtype="float32", always_2d=True)  # [T, channels]
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         raise ValueError(f"could not read audio {path}: {e}") from None
     if wave.shape[0] == 0:

@@ -61,12 +61,18 @@ class ImageURL(BaseModel):
     url: str
 
 
+class InputAudio(BaseModel):
+    data: str  # base64 of the file's bytes
+    format: str = "wav"
+
+
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "input_audio"]
     text: str | None = None
     image_url: ImageURL | None = None
+    input_audio: InputAudio | None = None
 
 
 class Message(BaseModel):
@@ -247,7 +253,7 @@ def create_app(scheduler: Scheduler, *, model_name: str, api_key: str | None = N
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "vision": model.vision is not None,
-                "context": config.max_seq_len, **scheduler.load}
+                "audio": model.audio is not None, "context": config.max_seq_len, **scheduler.load}
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon():
@@ -268,11 +274,17 @@ def scheduler_for(model, tokenizer, **kwargs) -> Scheduler:
                      hidden_token_ids=hidden, **kwargs)
 
 
+# content part type -> (chat message key, model input, the encoder it needs, what it is called)
+_MEDIA_PARTS = {"image_url": ("image", "pixel_values", "vision", "image"),
+                "input_audio": ("audio", "mel_values", "audio", "audio clip")}
+
+
 def _messages(messages: list[Message], model) -> tuple[list[dict], dict]:
-    """OpenAI messages -> Quatrix messages (roles checked by check_messages) and the image.
+    """OpenAI messages -> Quatrix messages (roles checked by check_messages) and the media.
 
     "developer" is OpenAI's newer name for "system". Content parts: text is joined; an
-    image_url must be a base64 data URL (the server fetches nothing)."""
+    image_url must be a base64 data URL and input_audio base64 file bytes (the server
+    fetches nothing). The model takes one image and one clip per conversation."""
     out, media = [], {}
     for i, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
@@ -282,37 +294,54 @@ def _messages(messages: list[Message], model) -> tuple[list[dict], dict]:
         text = "".join(part.text or "" for part in message.content if part.type == "text")
         entry = {"role": role, "content": text}
         for part in message.content:
-            if part.type != "image_url":
+            if part.type not in _MEDIA_PARTS:
                 continue
-            if model.vision is None:
-                raise APIError(400, "this model has no vision encoder, so it cannot take images",
-                               param=f"messages.{i}.content")
-            if "pixel_values" in media:
-                raise APIError(400, "the model takes one image per conversation", param=f"messages.{i}.content")
-            media["pixel_values"] = _decode_image(part.image_url, model.config.image_size, i)[None]
-            entry["image"] = True
+            key, model_key, encoder, what = _MEDIA_PARTS[part.type]
+            param = f"messages.{i}.content"
+            if getattr(model, encoder) is None:
+                raise APIError(400, f"this model has no {encoder} encoder, so it cannot take an {what}", param=param)
+            if model_key in media:
+                raise APIError(400, f"the model takes one {what} per conversation", param=param)
+            decode = _decode_image if key == "image" else _decode_audio
+            media[model_key] = decode(part, model.config, param)[None]
+            entry[key] = True
         out.append(entry)
     return out, media
 
 
-def _decode_image(image_url: ImageURL | None, size: int, i: int):
+def _decode_image(part: ContentPart, config, param: str):
     from PIL import Image, UnidentifiedImageError
 
     from quatrix.vision import image_to_tensor
 
-    param = f"messages.{i}.content"
-    url = image_url.url if image_url is not None else ""
+    url = part.image_url.url if part.image_url is not None else ""
     if not url.startswith("data:") or ";base64," not in url:
         raise APIError(400, "image_url must be a base64 data URL (data:image/png;base64,...); the server fetches "
                             "nothing from the network", param=param)
     try:
         raw = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
         with Image.open(io.BytesIO(raw)) as image:
-            return image_to_tensor(image, size)
+            return image_to_tensor(image, config.image_size)
     except (binascii.Error, ValueError) as e:
         raise APIError(400, f"image_url is not valid base64: {e}", param=param) from None
     except (UnidentifiedImageError, OSError) as e:
         raise APIError(400, f"image_url does not hold a readable image: {e}", param=param) from None
+
+
+def _decode_audio(part: ContentPart, config, param: str):
+    """input_audio {"data": base64 bytes of a WAV/FLAC file, "format"} -> [T] at the model's rate."""
+    from quatrix.data.speech import read_audio
+
+    if part.input_audio is None:
+        raise APIError(400, "an input_audio part needs {'data': base64 file bytes, 'format': 'wav'}", param=param)
+    try:
+        raw = base64.b64decode(part.input_audio.data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise APIError(400, f"input_audio.data is not valid base64: {e}", param=param) from None
+    try:
+        return read_audio(io.BytesIO(raw), config.sample_rate, config.audio_max_seconds, name="input_audio")
+    except ValueError as e:
+        raise APIError(400, str(e), param=param) from None
 
 
 class _Shape:
