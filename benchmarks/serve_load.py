@@ -4,7 +4,11 @@ Load: for each mixer (Q-Compass, SAVO, attention; same H, layers and vocabulary,
 weights unless --ckpt is given) a `quatrix serve` child process on loopback, and C concurrent
 streaming clients in this process sending a fixed number of chat requests. Reported:
 throughput (generated tokens/s), time to first token and time per output token (p50/p95),
-and the largest batch the server decoded.
+and the largest batch the server decoded. "First token" is the first chunk with visible
+text, as a client sees it: tokens that show nothing (role tokens, a partial UTF-8
+character) delay it. Replies whose text only arrives with their last token (random
+weights make some) are counted apart ("no text before the end") and left out of the
+latency percentiles.
 
 Parity: P prompts decoded together by the scheduler (greedy, sequences joining and leaving
 the batch) against each prompt decoded alone by quatrix.engine; counts the prompts whose
@@ -39,14 +43,16 @@ def prompts(n: int) -> list[str]:
     return [QUESTIONS[i % len(QUESTIONS)].format(a=(7 * i) % 50, b=(13 * i) % 90) for i in range(n)]
 
 
-def build_checkpoints(root: Path, vocab: int, hidden: int, layers: int, rank: int, context: int) -> dict[str, Path]:
+def build_checkpoints(root: Path, vocab: int, hidden: int, layers: int, rank: int, context: int,
+                      mixers: list[str]) -> dict[str, Path]:
     from quatrix import QuatrixConfig, QuatrixLM
     from quatrix.tokenizer import train_tokenizer
 
     texts = prompts(200) + ["the sea and the ships, one two three four five six seven eight nine ten"] * 50
     tokenizer = train_tokenizer(texts, vocab)
     out = {}
-    for name, overrides in MIXERS.items():
+    for name in mixers:
+        overrides = MIXERS[name]
         torch.manual_seed(0)
         config = QuatrixConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_layers=layers, q_rank=rank,
                                max_seq_len=context, **overrides)
@@ -72,7 +78,7 @@ async def one_client(client, url: str, queue: asyncio.Queue, max_tokens: int, re
         body = {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0,
                 "stream": True, "stream_options": {"include_usage": True}}
         start = time.perf_counter()
-        first = None
+        first, late = None, False
         tokens = 0
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
@@ -86,8 +92,11 @@ async def one_client(client, url: str, queue: asyncio.Queue, max_tokens: int, re
                     tokens = chunk["usage"]["completion_tokens"]
                 elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                     first = time.perf_counter()
+                    late = chunk["choices"][0]["finish_reason"] is not None  # the first text came with the last token
         end = time.perf_counter()
-        first = first or end
+        if first is None or late:  # no text before the end: the client never saw a first token
+            results.append({"status": 200, "no_text": True, "latency": end - start, "tokens": tokens})
+            continue
         results.append({"status": 200, "ttft": first - start, "latency": end - start, "tokens": tokens,
                         "tpot": (end - first) / max(1, tokens - 1)})
 
@@ -106,12 +115,13 @@ async def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
         wall = time.perf_counter() - start
         health = (await client.get(f"{url}/health")).json()
     ok = [r for r in results if r["status"] == 200]
+    timed = [r for r in ok if "ttft" in r]
 
     def pct(key, q):
-        values = sorted(r[key] for r in ok)
+        values = sorted(r[key] for r in timed)
         return values[min(len(values) - 1, int(q * len(values)))]
 
-    return {"requests": len(results), "ok": len(ok), "wall_s": wall,
+    return {"requests": len(results), "ok": len(ok), "no_text": len(ok) - len(timed), "wall_s": wall,
             "tokens_per_s": sum(r["tokens"] for r in ok) / wall, "requests_per_s": len(ok) / wall,
             "ttft_p50_ms": 1e3 * pct("ttft", 0.5), "ttft_p95_ms": 1e3 * pct("ttft", 0.95),
             "tpot_p50_ms": 1e3 * pct("tpot", 0.5), "tpot_p95_ms": 1e3 * pct("tpot", 0.95),
@@ -193,6 +203,7 @@ def parity(ckpt: Path, n: int, max_tokens: int, max_batch: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", action="append", help="NAME=DIR checkpoints (default: random ones per mixer)")
+    parser.add_argument("--mixers", default=",".join(MIXERS), help="which random checkpoints, in serving order")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -210,22 +221,27 @@ def main() -> None:
         if args.ckpt:
             ckpts = {k: Path(v) for k, v in (c.split("=", 1) for c in args.ckpt)}
         else:
-            ckpts = build_checkpoints(Path(tmp), args.vocab, args.hidden, args.layers, args.rank, args.context)
+            mixers = args.mixers.split(",")
+            unknown = sorted(set(mixers) - set(MIXERS))
+            if unknown:
+                parser.error(f"unknown mixer(s) {', '.join(unknown)}; choose from {', '.join(MIXERS)}")
+            ckpts = build_checkpoints(Path(tmp), args.vocab, args.hidden, args.layers, args.rank, args.context,
+                                      mixers)
         results = {}
         for name, ckpt in ckpts.items():
             results[name] = {"load": serve_and_load(ckpt, args)}
             if args.parity:
                 results[name]["parity"] = parity(ckpt, args.parity, args.max_tokens, args.max_batch)
             print(name, json.dumps(results[name]), flush=True)
-    print("\n| mixer | tokens/s | req/s | TTFT p50 / p95 (ms) | per token p50 / p95 (ms) | largest batch | "
+    print("\n| mixer | tokens/s | req/s | TTFT p50 / p95 (ms) | per token p50 / p95 (ms) | no text before the end | largest batch | "
           "greedy differs batched vs alone |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         load_, par = r["load"], r.get("parity")
         differ = f"{par['differ']}/{par['prompts']}" if par else "-"
         print(f"| {name} | {load_['tokens_per_s']:.0f} | {load_['requests_per_s']:.1f} | "
               f"{load_['ttft_p50_ms']:.0f} / {load_['ttft_p95_ms']:.0f} | {load_['tpot_p50_ms']:.1f} / "
-              f"{load_['tpot_p95_ms']:.1f} | {load_['largest_batch']} | "
+              f"{load_['tpot_p95_ms']:.1f} | {load_['no_text']} | {load_['largest_batch']} | "
               f"{differ} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
