@@ -129,3 +129,18 @@ def test_mcnemar_exact_p_values():
     assert abs(paired_eval.mcnemar_exact(0, 5) - 2 / 32) < 1e-12  # all five disagreements one way
     assert abs(paired_eval.mcnemar_exact(37, 68) - paired_eval.mcnemar_exact(68, 37)) < 1e-15
     assert paired_eval.mcnemar_exact(37, 68) < 0.01
+
+
+def test_serve_load_benchmark_runs_and_reports_parity(tmp_path):
+    pytest.importorskip("fastapi", reason="the [serve] extra (fastapi, uvicorn) is not installed")
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "serve_load.py"), "--clients", "3", "--requests", "6", "--max-tokens", "4",
+         "--parity", "5", "--hidden", "32", "--layers", "1", "--rank", "8", "--vocab", "300", "--context", "64",
+         "--max-batch", "4", "--mixers", "qcompass", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    result = json.loads((tmp_path / "r.json").read_text())["results"]["qcompass"]
+    assert result["load"]["ok"] == 6 and result["load"]["largest_batch"] <= 4
+    assert result["parity"]["prompts"] == 5 and result["parity"]["differ"] == 0
