@@ -26,17 +26,10 @@ class Collect:
             self.done.set()
 
 
-class IdTokenizer:
-    """Text = the token ids as letters, so tests can read tokens back from text."""
-
-    def decode(self, ids):
-        return "".join(chr(65 + i % 26) + str(i) + " " for i in ids)
-
-
 def model_and_scheduler(**kwargs):
     torch.manual_seed(0)
     model = QuatrixLM(tiny_config(max_seq_len=64)).eval()
-    scheduler = Scheduler(model, IdTokenizer(), stop_token_ids=[STOP], **kwargs)
+    scheduler = Scheduler(model, _Recorder(), stop_token_ids=[STOP], **kwargs)
     return model, scheduler
 
 
@@ -71,7 +64,6 @@ def test_greedy_output_is_the_same_alone_and_in_a_changing_batch():
     """Requests arrive while others decode (staggered), with different lengths and limits:
     each one's greedy tokens equal quatrix.engine.generate on it alone."""
     model, scheduler = model_and_scheduler(max_batch=4, max_queue=32)
-    scheduler.tokenizer = _Recorder()
     prompts = [[(7 * i + j) % 90 + 1 for j in range(2 + i % 5)] for i in range(10)]
     limits = [3 + (i * 5) % 11 for i in range(10)]
     sinks = [Collect() for _ in prompts]
@@ -94,7 +86,6 @@ def test_greedy_output_is_the_same_alone_and_in_a_changing_batch():
 
 def test_n_choices_share_one_prefill_and_a_seed_fixes_the_sample():
     model, scheduler = model_and_scheduler(max_batch=8)
-    scheduler.tokenizer = _Recorder()
     scheduler.start()
     try:
         texts = []
@@ -159,7 +150,6 @@ class _Recorder:
 
 def test_identical_requests_stay_separate_and_a_failing_step_fails_only_what_runs():
     _, scheduler = model_and_scheduler(max_batch=4)
-    scheduler.tokenizer = _Recorder()
     sinks = [Collect(), Collect()]
     scheduler.start()
     try:

@@ -164,7 +164,7 @@ def create_app(scheduler: Scheduler, *, model_name: str, api_key: str | None = N
             message, param = _validation_message(e)
             raise APIError(400, message, param=param) from None
 
-    def budget(body, prompt: list[int], requested: int | None) -> int:
+    def budget(prompt: list[int], requested: int | None) -> int:
         room = config.max_seq_len - len(prompt)
         if requested is not None:
             if len(prompt) + requested > config.max_seq_len:
@@ -186,7 +186,7 @@ def create_app(scheduler: Scheduler, *, model_name: str, api_key: str | None = N
     def sampling(body) -> Sampling:
         return Sampling(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
 
-    async def run(request: Request, body, http: HTTPRequest, kind: str):
+    async def run(request: Request, body, kind: str):
         """Submit; then stream SSE chunks, or gather them into one response."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -226,10 +226,10 @@ def create_app(scheduler: Scheduler, *, model_name: str, api_key: str | None = N
             prompt, _ = render(messages, tokenizer, add_generation_prompt=True)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
-        limit = budget(body, prompt, body.max_completion_tokens or body.max_tokens)
+        limit = budget(prompt, body.max_completion_tokens or body.max_tokens)
         request = Request(prompt, limit, sink=None, sampling=sampling(body), n=body.n, stop=stops(body),
                           seed=body.seed, media=media)
-        return await run(request, body, http, "chat")
+        return await run(request, body, "chat")
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest):
@@ -240,10 +240,10 @@ def create_app(scheduler: Scheduler, *, model_name: str, api_key: str | None = N
         prompt = tokenizer.encode(prompts[0])
         if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt")
-        limit = budget(body, prompt, body.max_tokens)
+        limit = budget(prompt, body.max_tokens)
         request = Request(prompt, limit, sink=None, sampling=sampling(body), n=body.n, stop=stops(body),
                           seed=body.seed)
-        return await run(request, body, http, "text")
+        return await run(request, body, "text")
 
     @app.get("/v1/models")
     async def models():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -276,12 +275,3 @@ class Scheduler:
                 if not request.cancelled.is_set():
                     request.sink(Done(len(request.prompt), sum(len(c.tokens) for c in choices)))
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll until predicate() is true (tests and shutdown)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
