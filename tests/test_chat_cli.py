@@ -4,7 +4,7 @@
 import pytest
 
 from quatrix.session import ChatSession
-from quatrix.tokenizer import load_model_and_tokenizer
+from quatrix.pretrained import load_model_and_tokenizer
 
 
 from tests.conftest import piped_chat as chat

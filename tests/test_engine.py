@@ -127,7 +127,7 @@ def test_streaming_yields_token_by_token(model):
 def test_model_generate_with_image_prefix():
     model = QuatrixLM(tiny_config(use_vision=True)).eval()
     pixels = torch.randn(2, 3, 32, 32)
-    out = model.generate(PROMPTS[:2], 4, temperature=0, pixel_values=pixels, num_samples=2)
+    out = generate(model, PROMPTS[:2], 4, temperature=0, pixel_values=pixels, num_samples=2)
     assert len(out.tokens) == 4 and out.tokens[0] == out.tokens[1]
 
 

@@ -7,7 +7,10 @@ from torch.overrides import TorchFunctionMode
 from conftest import tiny_config
 from quatrix import QuatrixLM
 from quatrix.engine import stream
-from quatrix.train import common
+from quatrix.precision import autocast_context
+from quatrix.train.distributed import Dist
+from quatrix.train.optim import optimizer_step
+from quatrix.train.trainer import accumulate_gradients
 
 HOST = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy"}
 
@@ -48,10 +51,10 @@ def test_a_training_step_pays_one_sync():
         def next_batch(self, step):
             return "text", {"input_ids": ids, "labels": ids}
 
-    d = common.Dist()
+    d = Dist()
     with HostSyncs() as counter:
-        _, loss, tokens = common.accumulate_gradients(model, Loader(), 0, 2, d, "cpu", common.autocast_context("cpu"))
+        _, loss, tokens = accumulate_gradients(model, Loader(), 0, 2, d, "cpu", autocast_context("cpu"))
     assert counter.count == 0 and tokens == 2 * ids.numel()  # the token count comes from shapes, not the device
     with HostSyncs() as counter:
-        loss_value, grad_norm = common.optimizer_step(model, [], loss, d)  # the optimizers' own internals aside
+        loss_value, grad_norm = optimizer_step(model, [], loss, d)  # the optimizers' own internals aside
     assert counter.count == 1 and loss_value > 0 and grad_norm > 0

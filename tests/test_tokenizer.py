@@ -4,8 +4,8 @@ import pytest
 
 from conftest import tiny_config
 from quatrix import QuatrixLM
-from quatrix.tokenizer import (EOT, SPECIAL_TOKENS, GPT2Tokenizer, load_model_and_tokenizer, load_tokenizer,
-                               train_tokenizer)
+from quatrix.pretrained import load_model_and_tokenizer
+from quatrix.tokenizer import EOT, SPECIAL_TOKENS, GPT2Tokenizer, load_tokenizer, train_tokenizer
 
 TEXTS = ["Hello world, this is Quatrix.", "Ünïcödé → 数学 and emoji 🎉", "  spaces\n\nand\ttabs  ", "<think>x</think>"]
 

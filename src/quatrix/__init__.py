@@ -8,8 +8,9 @@
 from quatrix.attention import MultiHeadAttention
 from quatrix.audio import AudioEncoder, QuatrixAudio
 from quatrix.blocks import QuatrixBlock
-from quatrix.checkpoint import load_legacy_state_dict
 from quatrix.config import PRESETS, QuatrixConfig, preset
+from quatrix.engine import generate
+from quatrix.legacy import load_legacy_state_dict
 from quatrix.model import QuatrixLM
 from quatrix.params import count_parameters, parameter_table
 from quatrix.qcompass import QCompass, QCompassBi
@@ -21,5 +22,5 @@ __version__ = "0.3.0"
 __all__ = [
     "AudioEncoder", "MultiHeadAttention", "PRESETS", "QCompass", "QCompassBi", "QuatrixAudio",
     "QuatrixBlock", "QuatrixConfig", "QuatrixLM", "QuatrixVision", "QuatrixWorld", "VisionEncoder",
-    "WorldModel", "count_parameters", "load_legacy_state_dict", "parameter_table", "preset",
+    "WorldModel", "count_parameters", "generate", "load_legacy_state_dict", "parameter_table", "preset",
 ]

@@ -1,13 +1,15 @@
-"""Checkpoint I/O: `config.json` + `model.safetensors`, written atomically, loaded with clear
-errors; and a loader for state dicts of the original `quatrix` 0.1/0.2 package."""
+"""Checkpoint I/O, the one home of a model folder's format: `config.json` +
+`model.safetensors`, written atomically, read back with clear errors.
+
+It knows configs and tensors, not the model class: `QuatrixLM.from_pretrained` builds
+itself from what `read_checkpoint` returns and loads it with `load_state`, so this module
+sits below the model (docs/design.md, "Layers"). Weights of the original `quatrix` 0.1/0.2
+package are read by quatrix.legacy."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import Tensor
 
 from quatrix.config import QuatrixConfig
@@ -18,27 +20,26 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 # ---------------------------------------------------------------------- Quatrix checkpoints
-def save_model(model, directory: str | Path) -> Path:
+def write_checkpoint(state: dict[str, Tensor], config: QuatrixConfig, directory: str | Path) -> Path:
     """Write `directory/model.safetensors` then `directory/config.json`, each atomically.
     With tied embeddings the head (the same tensor as token_emb) is stored once."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if config.tie_embeddings:
         state.pop("head.weight", None)
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "library": "quatrix"})
-    model.config.to_json(directory / CONFIG_NAME)
+    config.to_json(directory / CONFIG_NAME)
     return directory
 
 
-def load_model(directory: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild a QuatrixLM from `save_model` output, failing clearly on anything wrong."""
+def read_checkpoint(directory: str | Path) -> tuple[QuatrixConfig, dict[str, Tensor]]:
+    """The config and the tensors of a `write_checkpoint` folder, failing clearly on a
+    missing folder or file, a bad config or a corrupt weights file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from quatrix.model import QuatrixLM
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -54,9 +55,7 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu"):
         state = load_file(str(directory / WEIGHTS_NAME))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{directory / WEIGHTS_NAME} is corrupt or not a safetensors file: {e}") from None
-    model = QuatrixLM(config)
-    load_state(model, state, source=str(directory / WEIGHTS_NAME))
-    return model.to(map_location)
+    return config, state
 
 
 def load_state(model, state: dict[str, Tensor], source: str) -> None:
@@ -82,89 +81,3 @@ def load_state(model, state: dict[str, Tensor], source: str) -> None:
     if problems:
         raise ValueError(f"checkpoint {source} does not match the model config: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
-
-
-# ---------------------------------------------------------------------- original package
-_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
-
-
-def load_legacy_state_dict(source: Any, config: QuatrixConfig | None = None, **overrides: Any):
-    """A QuatrixLM holding weights saved by the original `quatrix` 0.1/0.2 package.
-
-    `source`: a state dict, or a path to one (`torch.save` file or `.safetensors`). Its keys
-    (`token_emb`, `pos_emb`, `blocks.N.norm1`, `blocks.N.compass.{state,action,out}_proj`,
-    `blocks.N.ffn.{0,3}`, `norm`, `head`, `vision.*`) map onto ours with `compass` renamed
-    `mixer`; DDP's `module.` and torch.compile's `_orig_mod.` prefixes are dropped. Without
-    `config`, the sizes are read off the tensor shapes; fields that shapes cannot reveal
-    (`q_heads`, `dropout`, ...) come from `overrides`.
-    """
-    from quatrix.model import QuatrixLM
-
-    state = _read_state_dict(source)
-    state = {_modern_key(k): v for k, v in state.items()}
-    if config is None:
-        config = infer_legacy_config(state, **overrides)
-    elif overrides:
-        config = config.replace(**overrides)
-    model = QuatrixLM(config)
-    load_state(model, state, source=str(source) if not isinstance(source, dict) else "<state dict>")
-    return model
-
-
-def _read_state_dict(source: Any) -> dict[str, Tensor]:
-    if isinstance(source, dict):
-        state = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"legacy checkpoint not found: {path}")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch and safetensors raise many types for a bad file
-            raise ValueError(f"{path} could not be read as a state dict: {e}") from None
-    for key in _WRAPPER_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError("legacy checkpoint is not a state dict of tensors")
-    return state
-
-
-def _modern_key(key: str) -> str:
-    key = re.sub(r"^(module\.|_orig_mod\.)+", "", key)
-    return key.replace(".compass.", ".mixer.")
-
-
-def infer_legacy_config(state: dict[str, Tensor], **overrides: Any) -> QuatrixConfig:
-    """Read a config off a (renamed) legacy state dict's tensor shapes."""
-    if "token_emb.weight" not in state or "blocks.0.mixer.state_proj.weight" not in state:
-        raise ValueError("not a Quatrix language-model state dict: token_emb / blocks.0.compass weights are missing")
-    V, H = state["token_emb.weight"].shape
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
-    fields: dict[str, Any] = dict(
-        vocab_size=V,
-        hidden_size=H,
-        num_layers=len(layers),
-        max_seq_len=state["pos_emb.weight"].shape[0],
-        q_rank=state["blocks.0.mixer.state_proj.weight"].shape[0],
-        ffn_ratio=state["blocks.0.ffn.0.weight"].shape[0] // H,
-        q_value_content="blocks.0.mixer.content_proj.weight" in state,
-        tie_embeddings="head.weight" not in state or torch.equal(state["head.weight"], state["token_emb.weight"]),
-    )
-    if "vision.patch_embed.weight" in state:
-        Hv, C, p, _ = state["vision.patch_embed.weight"].shape
-        n_patches = state["vision.pos_emb.weight"].shape[0]
-        vision_layers = {int(m.group(1)) for k in state if (m := re.match(r"vision\.blocks\.(\d+)\.", k))}
-        fields.update(
-            use_vision=True, vision_hidden_size=Hv, image_channels=C, patch_size=p,
-            image_size=round(n_patches**0.5) * p, vision_layers=len(vision_layers),
-            vision_q_rank=state["vision.blocks.0.mixer.state_proj.weight"].shape[0],
-        )
-    fields.update(overrides)
-    return QuatrixConfig(**fields)

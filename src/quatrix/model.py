@@ -15,7 +15,9 @@ from torch.utils.checkpoint import checkpoint
 from quatrix.audio import QuatrixAudio
 from quatrix.blocks import QuatrixBlock, init_weights
 from quatrix.cache import ModelCache
+from quatrix.checkpoint import WEIGHTS_NAME, load_state, read_checkpoint, write_checkpoint
 from quatrix.config import QuatrixConfig
+from quatrix.media import MODALITIES
 from quatrix.qcompass import routing_mask
 from quatrix.validation import check_labels, check_same_shape, check_token_ids
 from quatrix.vision import QuatrixVision
@@ -92,14 +94,15 @@ class QuatrixLM(nn.Module):
                       check_values: bool = True) -> Tensor | None:
         """Image then audio tokens, each [B, n, H], concatenated; None if neither is given."""
         parts = []
-        if pixel_values is not None:
-            if self.vision is None:
-                raise ValueError("pixel_values given but this model has no vision encoder (use_vision=False)")
-            parts.append(self.vision(pixel_values, check_values))
-        if mel_values is not None:
-            if self.audio is None:
-                raise ValueError("mel_values given but this model has no audio encoder (use_audio=False)")
-            parts.append(self.audio(mel_values, check_values))
+        for name, value in (("image", pixel_values), ("audio", mel_values)):
+            if value is None:
+                continue
+            kind = MODALITIES[name]
+            encoder = getattr(self, kind.encoder)
+            if encoder is None:
+                raise ValueError(f"{kind.model_input} given but this model has no {kind.encoder} encoder "
+                                 f"({kind.config_flag}=False)")
+            parts.append(encoder(value, check_values))
         for part in parts:
             if part.shape[0] != batch:
                 raise ValueError(f"image/audio batch size {part.shape[0]} does not match input_ids batch size {batch}")
@@ -137,26 +140,19 @@ class QuatrixLM(nn.Module):
             x = checkpoint(block, x, mask, use_reentrant=False) if recompute else block(x, mask)
         return x
 
-    def generate(self, prompts, max_new_tokens: int = 32, **kwargs):
-        """Token ids in, new token ids out (quatrix.engine.generate): a list of prompts (or
-        a [B, L] tensor), sampling by temperature / top_k / top_p, stop_token_ids,
-        num_samples, generator, pixel_values, mel_values. Returns an engine.Generation."""
-        from quatrix.engine import generate
-
-        return generate(self, prompts, max_new_tokens, **kwargs)
-
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors into `directory`, each atomically."""
-        from quatrix.checkpoint import save_model
-
-        save_model(self, directory)
+        write_checkpoint(self.state_dict(), self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "QuatrixLM":
-        from quatrix.checkpoint import load_model
-
-        return load_model(directory, map_location=map_location)
+        """The model a `save_pretrained` folder holds; every missing, unexpected or
+        mis-shaped tensor is named if the weights and the config disagree."""
+        config, state = read_checkpoint(directory)
+        model = cls(config)
+        load_state(model, state, source=str(Path(directory) / WEIGHTS_NAME))
+        return model.to(map_location)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,15 +1,19 @@
-"""A multi-turn conversation with a model: history, the one chat format, streamed replies.
-
-`quatrix chat` drives it from a terminal or a pipe; a server can hold one per client."""
+"""A multi-turn conversation with a model: history, the one chat format, streamed replies;
+and `chat_loop`, the terminal (or pipe) front end `quatrix chat` runs."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
 from collections.abc import Iterator
 
 import torch
 
 from quatrix.chat import END, render
+from quatrix.detokenize import IncrementalDecoder
 from quatrix.engine import stream
+from quatrix.media import MODALITIES, load_media, model_inputs, modality
 
 
 class ChatSession:
@@ -39,23 +43,20 @@ class ChatSession:
     def attach_image(self, path) -> None:
         """Send an image file with the next message. The model reads one image per
         conversation (as a prefix), so a second one needs a reset first."""
-        from quatrix.vision import load_image
-
-        if self.model.vision is None:
-            raise ValueError("this model has no vision encoder, so it cannot see images")
-        self._check_free("image")
-        self.pending["image"] = load_image(path, self.model.config.image_size)
+        self.attach("image", path)
 
     def attach_audio(self, path) -> None:
         """Send an audio file (WAV, FLAC; any sample rate) with the next message; one clip
         per conversation, as for images."""
-        from quatrix.data.speech import read_audio
+        self.attach("audio", path)
 
-        config = self.model.config
-        if self.model.audio is None:
-            raise ValueError("this model has no audio encoder, so it cannot hear audio")
-        self._check_free("audio")
-        self.pending["audio"] = read_audio(path, config.sample_rate, config.audio_max_seconds)
+    def attach(self, name: str, path) -> None:
+        """Send an image or clip (`name`, a key of quatrix.media.MODALITIES) with the next message."""
+        encoder = modality(name).encoder
+        if getattr(self.model, encoder) is None:
+            raise ValueError(f"this model has no {encoder} encoder, so it cannot take {modality(name).noun}")
+        self._check_free(name)
+        self.pending[name] = load_media(name, path, self.model.config)
 
     def _check_free(self, key: str) -> None:
         if key in self.pending or self.attached(key) is not None:
@@ -94,25 +95,79 @@ class ChatSession:
         prompt = self.prompt_ids(user)
         device = next(self.model.parameters()).device
         media = {}
-        for key, model_key in (("image", "pixel_values"), ("audio", "mel_values")):
-            value = self.pending.get(key, self.attached(key))
+        for name in MODALITIES:
+            value = self.pending.get(name, self.attached(name))
             if value is not None:
-                media[model_key] = value[None].to(device)
+                media[name] = value[None].to(device)
         end = self.tokenizer.token_id(END)
-        tokens: list[int] = []
-        shown = ""
+        decoder = IncrementalDecoder(self.tokenizer)
         for new, active in stream(self.model, [prompt], self.max_new_tokens, temperature=self.temperature,
                                   top_k=self.top_k, top_p=self.top_p, stop_token_ids=[end], generator=self.generator,
-                                  **media):
+                                  **model_inputs(media)):
             if not bool(active[0]) or int(new[0]) == end:
                 break
-            tokens.append(int(new[0]))
-            text = self.tokenizer.decode(tokens)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                yield text[len(shown):]
-                shown = text
-        text = self.tokenizer.decode(tokens)
-        if len(text) > len(shown):
-            yield text[len(shown):]
+            piece = decoder.push(int(new[0]))
+            if piece:
+                yield piece
+        rest = decoder.flush()
+        if rest:
+            yield rest
+        text = decoder.text()
         self.turns += [self.messages(user)[-1], {"role": "assistant", "content": text.strip() or "…"}]
         self.pending = {}
+
+
+HELP = ("quatrix chat: /reset clears the conversation, /system TEXT sets the system message, /image PATH and "
+        "/audio PATH send an image or a clip with the next message, /quit leaves")
+
+
+def chat_loop(session: ChatSession, stdin=None, stdout=None, autocast=None) -> int:
+    """Multi-turn chat over a terminal or a pipe: a line is a user turn; /reset, /system TEXT,
+    /image PATH, /audio PATH, /quit. `autocast` (a context factory) wraps each reply."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    interactive = stdin.isatty()
+    say = functools.partial(print, file=stdout, flush=True)
+    if interactive:
+        say(HELP)
+    while True:
+        if interactive:
+            say("you> ", end="")
+        line = stdin.readline()
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line.startswith("/"):
+            say(run_command(session, line))
+            continue
+        if interactive:
+            say("quatrix> ", end="")
+        try:
+            with autocast() if autocast else contextlib.nullcontext():
+                for piece in session.reply(line):
+                    say(piece, end="")
+        except ValueError as e:
+            say(f"(error: {e})", end="")
+        say()
+
+
+def run_command(session: ChatSession, line: str) -> str:
+    """One slash command of the chat loop; the line to show for it."""
+    command = line.split()[0]
+    if command == "/reset" and line == "/reset":
+        session.reset()
+        return "(conversation cleared)"
+    if command == "/system" or line.startswith("/system"):
+        session.set_system(line[len("/system"):])
+        session.reset()
+        return f"(system message {'set' if session.system else 'cleared'}; conversation cleared)"
+    if command in ("/image", "/audio"):
+        try:
+            session.attach(command[1:], line[len(command):].strip())
+            return f"({command[1:]} attached to your next message)"
+        except (ValueError, FileNotFoundError) as e:
+            return f"(error: {e})"
+    return f"(unknown command {command}; try /reset, /system TEXT, /image PATH, /audio PATH, /quit)"

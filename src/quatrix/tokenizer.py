@@ -203,20 +203,5 @@ def load_tokenizer(name_or_dir: str | Path) -> Tokenizer:
     raise ValueError(f"{meta_path}: unknown tokenizer kind {meta.get('kind')!r}")
 
 
-def load_model_and_tokenizer(directory: str | Path, map_location="cpu"):
-    """A checkpoint directory's model and the tokenizer saved with it; their vocabularies
-    must agree."""
-    from quatrix.model import QuatrixLM
-
-    model = QuatrixLM.from_pretrained(directory, map_location=map_location)
-    tokenizer = load_tokenizer(directory)
-    if model.config.vocab_size != tokenizer.vocab_size:
-        raise ValueError(
-            f"checkpoint {directory}: the model's vocabulary ({model.config.vocab_size}) does not match its "
-            f"tokenizer's ({tokenizer.vocab_size})"
-        )
-    return model, tokenizer
-
-
 def has_tokenizer(directory: str | Path) -> bool:
     return (Path(directory) / META_NAME).is_file()

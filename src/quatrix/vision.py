@@ -7,9 +7,6 @@ names (patch_embed, pos_emb, blocks.N.*, norm, proj) follow the original package
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -46,29 +43,3 @@ class QuatrixVision(nn.Module):
 
 
 VisionEncoder = QuatrixVision  # the original package's name
-
-
-def load_image(path: str | Path, size: int) -> Tensor:
-    """An image file -> [3, size, size] float tensor in [-1, 1] (see `image_to_tensor`)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image_to_tensor(image, size)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"could not read image {path}: {e}") from None
-
-
-def image_to_tensor(image, size: int) -> Tensor:
-    """A PIL image -> [3, size, size] in [-1, 1]: RGB, bicubic resize, x / 127.5 - 1. The one
-    preprocessing QuatrixVision sees, in training and at inference."""
-    import numpy as np
-    from PIL import Image
-
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0

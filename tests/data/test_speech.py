@@ -7,9 +7,10 @@ import torch
 
 from quatrix.data import speech
 from quatrix.data.pairs import PairLoader
-from quatrix.data.speech import (AudioTextSource, HELD_OUT_VARIANTS, error_counts, normalise_transcript, pad_waves,
-                                 parse_audio_spec, read_audio, read_audio_pairs, resample, speech_corpus,
-                                 synthesize_clip, voices)
+from quatrix.data.speech import (AudioTextSource, HELD_OUT_VARIANTS, parse_audio_spec, read_audio_pairs,
+                                 speech_corpus, synthesize_clip, voices)
+from quatrix.media import pad_waves, read_audio, resample
+from quatrix.tasks.transcribe import error_counts, normalise_transcript
 from quatrix.tokenizer import load_tokenizer
 
 

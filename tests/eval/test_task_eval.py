@@ -6,7 +6,7 @@ import pytest
 from quatrix.cli import main
 from quatrix.eval.tasks import evaluate_task, pass_at_k, wilson_interval
 from quatrix.tasks import task_from_spec
-from quatrix.tokenizer import load_model_and_tokenizer
+from quatrix.pretrained import load_model_and_tokenizer
 from tests.conftest import TASK
 
 

@@ -14,7 +14,7 @@ from quatrix.config import QuatrixConfig
 from quatrix.data.images import read_image_pairs
 from quatrix.data.text import prepare_tokens, read_documents
 from quatrix.tokenizer import load_tokenizer, train_tokenizer
-from quatrix.vision import load_image
+from quatrix.media import load_image
 
 CLEAR = (ValueError, FileNotFoundError)
 FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])

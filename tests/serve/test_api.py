@@ -17,7 +17,7 @@ from quatrix import QuatrixLM  # noqa: E402
 from quatrix.chat import render  # noqa: E402
 from quatrix.engine import generate  # noqa: E402
 from quatrix.serve.app import create_app, scheduler_for  # noqa: E402
-from quatrix.tokenizer import load_model_and_tokenizer  # noqa: E402
+from quatrix.pretrained import load_model_and_tokenizer  # noqa: E402
 from serve_helpers import running_server, slow_steps  # noqa: E402
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -184,7 +184,7 @@ def test_vision_checkpoint_takes_a_data_url_image(tmp_path, chat_checkpoint):
     from PIL import Image
 
     from quatrix.tokenizer import load_tokenizer
-    from quatrix.vision import image_to_tensor
+    from quatrix.media import image_to_tensor
 
     tokenizer = load_tokenizer(chat_checkpoint)
     model = QuatrixLM(tiny_config(vocab_size=tokenizer.vocab_size, max_seq_len=128, use_vision=True))
@@ -264,7 +264,7 @@ def test_audio_checkpoint_takes_an_input_audio_part(tmp_path, chat_checkpoint):
     import numpy as np
     import soundfile
 
-    from quatrix.data.speech import read_audio
+    from quatrix.media import read_audio
     from quatrix.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(chat_checkpoint)

@@ -21,7 +21,7 @@ def test_page_streams_the_models_reply(chat_checkpoint, tmp_path):
     from fastapi.testclient import TestClient
 
     from quatrix.serve.app import create_app, scheduler_for
-    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.pretrained import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(chat_checkpoint)
     app = create_app(scheduler_for(model, tokenizer), model_name="tiny")

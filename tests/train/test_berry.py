@@ -6,7 +6,7 @@ import re
 import pytest
 
 from quatrix.cli import main
-from quatrix.recipe import load_recipe, recipe_names, validate
+from quatrix.train.recipe import load_recipe, recipe_names, validate
 from quatrix.train.report import stage_rows
 
 
@@ -116,7 +116,7 @@ def test_print_recipe_round_trips(capsys, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r["pretrain"].update(stepz=5), r"pretrain.stepz: unknown field"),
-    (lambda r: r["pretrain"].update(steps="many"), r"pretrain: argument --steps: .*many"),
+    (lambda r: r["pretrain"].update(steps="many"), r"pretrain.steps: expected an integer, got 'many'"),
     (lambda r: r["sft"].update(out="x"), r"sft.out: set by the recipe runner"),
     (lambda r: r.update(colour="red"), r"unknown field\(s\) \['colour'\]"),
     (lambda r: r.pop("grpo"), r"missing field\(s\) \['grpo'\]"),

@@ -5,7 +5,7 @@ import torch
 
 from quatrix import QuatrixLM
 from quatrix.cli import main
-from quatrix.eval.tasks import Completions
+from quatrix.tasks.sampling import Completions
 from quatrix.train.grpo import rollout_batch
 from tests.conftest import TASK
 

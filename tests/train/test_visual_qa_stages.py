@@ -68,7 +68,7 @@ def test_chat_sends_an_image_with_the_next_message(vision_checkpoint, chat_check
 
 def test_an_unreadable_image_is_named(vision_checkpoint, tmp_path):
     from quatrix.session import ChatSession
-    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.pretrained import load_model_and_tokenizer
 
     (tmp_path / "bad.png").write_bytes(b"not an image")
     model, tok = load_model_and_tokenizer(vision_checkpoint)

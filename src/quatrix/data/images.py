@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from quatrix.data.pairs import read_pairs
-from quatrix.vision import image_to_tensor, load_image
+from quatrix.media import image_to_tensor, load_image
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
            "purple": (150, 60, 190), "cyan": (40, 200, 210)}

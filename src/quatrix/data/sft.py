@@ -28,6 +28,7 @@ import torch
 from quatrix.chat import render
 from quatrix.data.conversations import read_conversations
 from quatrix.data.order import EpochOrder
+from quatrix.media import MODALITIES, batch_media
 
 VALIDATION_EVERY = 20
 CHITCHAT_TURNS = 6
@@ -44,7 +45,7 @@ class Example:
 def render_example(messages: list[dict], tokenizer) -> Example:
     ids, mask = render(messages, tokenizer, need_assistant=True)
     media = {}
-    for key in ("image", "audio"):
+    for key in MODALITIES:
         found = [m[key] for m in messages if m.get(key) is not None]
         if len(found) > 1:
             raise ValueError(f"a conversation can carry at most one {key} (the model takes one {key} prefix)")
@@ -57,9 +58,6 @@ def collate(examples: list[Example], pad_id: int, config=None) -> dict[str, torc
     loss mask and on padding), and pixel_values [B, 3, S, S] / mel_values [B, T] (clips
     padded with silence) when the examples carry images / audio. Paths are read here, at the
     model `config`'s image size and sample rate."""
-    from quatrix.data.speech import check_clip, pad_waves, read_audio
-    from quatrix.vision import load_image
-
     L = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
     labels = torch.full_like(ids, -100)
@@ -68,13 +66,9 @@ def collate(examples: list[Example], pad_id: int, config=None) -> dict[str, torc
         ids[i, : len(e.ids)] = row
         labels[i, : len(e.ids)] = torch.where(torch.tensor(e.mask, dtype=torch.bool), row, -100)
     batch = {"input_ids": ids, "labels": labels}
-    if _carrying(examples, "image"):
-        batch["pixel_values"] = torch.stack([e.image if isinstance(e.image, torch.Tensor) else
-                                             load_image(e.image, config.image_size) for e in examples])
-    if _carrying(examples, "audio"):
-        rate, longest = config.sample_rate, config.audio_max_seconds
-        batch["mel_values"] = pad_waves([check_clip(e.audio, rate, longest) if isinstance(e.audio, torch.Tensor) else
-                                         read_audio(e.audio, rate, longest) for e in examples])
+    for name in MODALITIES:
+        if _carrying(examples, name):
+            batch[MODALITIES[name].model_input] = batch_media(name, [getattr(e, name) for e in examples], config)
     return batch
 
 
@@ -137,7 +131,7 @@ class ConversationSource:
         if not train:  # a handful of conversations, all hashed into the held-out share: train on them anyway
             log(f"sft: {spec}: too few conversations to hold any out; validating on training conversations")
             train = val
-        for key in ("image", "audio"):
+        for key in MODALITIES:
             if len({getattr(e, key) is not None for e in train + val}) > 1:
                 raise ValueError(f"{spec}: either every conversation carries {key} or none does")
         self.train, self.val, self.skipped = train, val, skipped
@@ -153,13 +147,13 @@ class ConversationSource:
         """Which media ("image", "audio") this source's conversations carry."""
         if self.task is not None:
             return set(self.task.media)
-        return {key for key in ("image", "audio") if any(getattr(e, key) is not None for e in self.train[:1])}
+        return {key for key in MODALITIES if any(getattr(e, key) is not None for e in self.train[:1])}
 
 
 def _resolve_media(messages: list[dict], root: Path) -> list[dict]:
     out = []
     for m in messages:
-        for key in ("image", "audio"):
+        for key in MODALITIES:
             if isinstance(m.get(key), str):
                 path = Path(m[key]) if Path(m[key]).is_absolute() else root / m[key]
                 if not path.is_file():

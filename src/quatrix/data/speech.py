@@ -34,17 +34,16 @@ import json
 import shutil
 import subprocess
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from quatrix.data.pairs import read_pairs
+from quatrix.media import SAMPLE_RATE, pad_waves, read_audio, resample
+from quatrix.specs import parse_spec
 
-SAMPLE_RATE = 16000
 CORPORA = ("spoken-digits", "spoken-numbers", "spoken-sentences")
 AUDIO_SUFFIXES = (".wav", ".flac")
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
@@ -208,62 +207,6 @@ def espeak():
 
 
 # ---------------------------------------------------------------------- audio files
-def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> Tensor:
-    """[T] at from_rate -> float32 tensor at to_rate (polyphase, anti-aliased)."""
-    if from_rate != to_rate:
-        from scipy.signal import resample_poly
-
-        ratio = Fraction(to_rate, from_rate)
-        wave = resample_poly(wave, ratio.numerator, ratio.denominator)
-    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-
-
-def read_audio(path: str | Path | BinaryIO, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
-               name: str | None = None) -> Tensor:
-    """An audio file (WAV, FLAC, anything libsndfile reads), or its bytes as a file object
-    (named `name` in errors) -> [T] float32 mono at `sample_rate`. Clear errors for a
-    missing, unreadable, empty, too short (under one 25 ms window) or too long file."""
-    import soundfile
-
-    if isinstance(path, (str, Path)):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"audio file not found: {path}")
-        source = str(path)
-    else:
-        source, path = path, name or "audio"
-    try:
-        wave, rate = soundfile.read(source, dtype="float32", always_2d=True)  # [T, channels]
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
-        raise ValueError(f"could not read audio {path}: {e}") from None
-    if wave.shape[0] == 0:
-        raise ValueError(f"audio {path} is empty (no samples)")
-    seconds = wave.shape[0] / rate
-    if max_seconds is not None and seconds > max_seconds:
-        raise ValueError(f"audio {path} is {seconds:.2f} s long; the model's audio encoder takes at most "
-                         f"{max_seconds} s (config.audio_max_seconds): cut the clip")
-    return check_clip(resample(wave.mean(axis=1), rate, sample_rate), sample_rate, max_seconds or float("inf"),
-                      str(path))
-
-
-def check_clip(wave: Tensor, sample_rate: int, max_seconds: float, name: str = "audio") -> Tensor:
-    """A clip the encoder can take: at least one 25 ms window, at most max_seconds."""
-    if wave.numel() < int(0.025 * sample_rate):
-        raise ValueError(f"{name} has {wave.numel()} samples, shorter than one 25 ms window")
-    if wave.numel() > max_seconds * sample_rate:
-        raise ValueError(f"{name} is {wave.numel() / sample_rate:.2f} s long; the model's audio encoder takes at "
-                         f"most {max_seconds} s (config.audio_max_seconds)")
-    return wave
-
-
-def pad_waves(waves: list[Tensor]) -> Tensor:
-    """[B, T_max] with each clip followed by silence (the batch's longest clip sets T_max)."""
-    out = torch.zeros(len(waves), max(w.numel() for w in waves))
-    for i, w in enumerate(waves):
-        out[i, : w.numel()] = w
-    return out
-
-
 def read_audio_pairs(path: Path) -> list[tuple[Path, str]]:
     """(audio path, transcript) pairs from a folder of clips with .txt transcripts or a .jsonl."""
     return read_pairs(Path(path), "audio", AUDIO_SUFFIXES, "transcript", ", ".join(CORPORA))
@@ -305,9 +248,7 @@ def speech_corpus(corpus: str, n: int, seed: int, cache_dir: str | Path, split: 
 
 def parse_audio_spec(spec: str) -> tuple[str, dict]:
     """'spoken-digits:n=4000,max_digits=2' -> ('spoken-digits', {'n': 4000, 'max_digits': 2})."""
-    from quatrix.tasks import parse_task_spec
-
-    name, options = parse_task_spec(spec)
+    name, options = parse_spec(spec, "audio data")
     if name in CORPORA:
         check_corpus_options(name, options, extra=("n",))
         return name, options
@@ -358,24 +299,3 @@ class AudioTextSource:
     @staticmethod
     def stack(waves: list[Tensor]) -> Tensor:
         return pad_waves(waves)
-
-
-def error_counts(reference: str, hypothesis: str, unit: str = "word") -> tuple[int, int]:
-    """(edit distance, reference length) over words or characters: the numerator and
-    denominator of a word or character error rate (summed over a set: the corpus rate).
-    Written here because it is ten lines and the metric's definition should be visible."""
-    ref = reference.split() if unit == "word" else list(reference)
-    hyp = hypothesis.split() if unit == "word" else list(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[len(hyp)], len(ref)
-
-
-def normalise_transcript(text: str) -> str:
-    """Lower case, punctuation dropped, single spaces: what transcripts are compared as."""
-    kept = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower())
-    return " ".join(kept.split())
-

@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quatrix.data.text import load_tokens, prepare_tokens
+from quatrix.precision import autocast_context, resolve_precision
+from quatrix.pretrained import load_model_and_tokenizer
+
 
 def evaluate_checkpoint(ckpt: str | Path, data: list[str], split: str = "val", seq_len: int = 128,
                         batch_size: int = 16, max_batches: int | None = None,
-                        cache_dir: str | Path = ".token_cache") -> dict:
+                        cache_dir: str | Path = ".token_cache", precision: str = "fp32") -> dict:
     """Loss, perplexity and bits per byte of the checkpoint (with its own tokenizer) on the
-    `split` ("val", "train" or "all") of `data`."""
-    from quatrix.data.text import load_tokens, prepare_tokens
-    from quatrix.tokenizer import load_model_and_tokenizer
-
+    `split` ("val", "train" or "all") of `data`, with the forward passes in `precision`
+    (quatrix.precision: fp32, bf16 autocast, or auto)."""
     if split not in ("val", "train", "all"):
         raise ValueError(f"split must be val, train or all, got {split!r}")
     model, tokenizer = load_model_and_tokenizer(ckpt)
@@ -25,7 +27,8 @@ def evaluate_checkpoint(ckpt: str | Path, data: list[str], split: str = "val", s
     paths = prepare_tokens(list(data), tokenizer, cache_dir)
     splits = ["train", "val"] if split == "all" else [split]
     tokens = np.concatenate([load_tokens(paths[s], tokenizer.vocab_size) for s in splits])
-    result = evaluate_tokens(model, tokens, seq_len, batch_size, tokenizer, max_batches)
+    with autocast_context("cpu", resolve_precision(precision, "cpu")):
+        result = evaluate_tokens(model, tokens, seq_len, batch_size, tokenizer, max_batches)
     return {**result, "data": list(data), "split": split, "ckpt": str(ckpt)}
 
 

@@ -1,69 +1,17 @@
-"""Accuracy on a task's held-out items: greedy by default, pass@k on request.
+"""Accuracy on a task's held-out items: greedy by default, pass@k on request, with the
+baselines that say what the accuracy means (majority answer, text only, chance).
 
-`complete` is also how GRPO samples its rollouts, so evaluation and training generate the
-same way: the one chat format, one shared prefill per prompt, a stop at <|end|>."""
+Completions come from quatrix.tasks.sampling, as GRPO's rollouts do, so evaluation and
+training generate the same way."""
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
 
 import torch
 
-from quatrix.chat import END, render
-from quatrix.engine import generate
+from quatrix.tasks.sampling import complete
 from quatrix.tasks.rewards import DEFAULT_WEIGHTS, Scored, score_completion
-
-
-@dataclass
-class Completions:
-    """G completions per item, item by item: row i*G + j is item i's j-th sample."""
-
-    tokens: list[list[int]]
-    texts: list[str]
-    truncated: list[bool]  # ran out of tokens before <|end|>
-    prompt_ids: list[list[int]]  # one per item
-    seconds: float
-    cache_bytes: int
-
-    @property
-    def new_tokens(self) -> int:
-        return sum(len(t) + (not cut) for t, cut in zip(self.tokens, self.truncated))
-
-
-def prompt_batch(task, items, tokenizer, config, blank_media: bool = False):
-    """Rendered prompts (with the assistant opening) and the items' media as model keywords:
-    pixel_values [B, 3, S, S] and / or mel_values [B, T] (clips padded with silence); all
-    zeros with blank_media, the text-only baseline."""
-    from quatrix.data.speech import pad_waves
-
-    prompts = [render(task.prompt(item), tokenizer, add_generation_prompt=True)[0] for item in items]
-    media = {}
-    for key, model_key, stack, flag, encoder in (("image", "pixel_values", torch.stack, "use_vision", "vision"),
-                                                 ("audio", "mel_values", pad_waves, "use_audio", "audio")):
-        values = [getattr(item, key) for item in items]
-        if any(v is not None for v in values):
-            if not getattr(config, flag):
-                raise ValueError(f"task {task.name} needs {key} input, but this model has no {encoder} encoder")
-            media[model_key] = torch.zeros_like(stack(values)) if blank_media else stack(values)
-    return prompts, media
-
-
-def complete(model, tokenizer, task, items, *, num_samples: int = 1, max_new_tokens: int = 64,
-             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             blank_media: bool = False) -> Completions:
-    prompts, media = prompt_batch(task, items, tokenizer, model.config, blank_media)
-    device = next(model.parameters()).device
-    stats: dict = {}
-    start = time.perf_counter()
-    out = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, num_samples=num_samples,
-                   stop_token_ids=[tokenizer.token_id(END)], generator=generator, stats=stats,
-                   **{k: v.to(device) for k, v in media.items()})
-    seconds = time.perf_counter() - start
-    return Completions(tokens=out.tokens, texts=[tokenizer.decode(t) for t in out.tokens],
-                       truncated=[r == "length" for r in out.finish_reasons], prompt_ids=prompts,
-                       seconds=seconds, cache_bytes=stats.get("cache_bytes", 0))
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -181,7 +129,7 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
 def _error_rates(prefix: str, items, texts: list[str]) -> dict[str, float]:
     """Corpus word and character error rates of `texts` against the items' transcripts
     (edits summed over the set, over the reference length summed), normalised alike."""
-    from quatrix.data.speech import error_counts, normalise_transcript
+    from quatrix.tasks.transcribe import error_counts, normalise_transcript
 
     out = {}
     for unit, name in (("word", "wer"), ("char", "cer")):

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from quatrix.chat import END, MEDIA
 from quatrix.io import atomic_write_json, atomic_write_text, fsync_dir
-from quatrix.tokenizer import EOT, load_model_and_tokenizer
+from quatrix.pretrained import load_model_and_tokenizer
+from quatrix.tokenizer import EOT
 
 PACKAGE = Path(__file__).resolve().parents[1]  # src/quatrix
 ENTRY_MODULES = ("hf/configuration_quatrix.py", "hf/modeling_quatrix.py")

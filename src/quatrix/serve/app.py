@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quatrix.chat import END, REASONING_TAGS, check_messages, render
 from quatrix.engine import Sampling
+from quatrix.media import image_to_tensor, model_inputs, modality, read_audio
 from quatrix.serve.scheduler import Delta, Done, Failed, QueueFull, Request, Scheduler
 from quatrix.tokenizer import EOT
 
@@ -274,9 +275,8 @@ def scheduler_for(model, tokenizer, **kwargs) -> Scheduler:
                      hidden_token_ids=hidden, **kwargs)
 
 
-# content part type -> (chat message key, model input, the encoder it needs, what it is called)
-_MEDIA_PARTS = {"image_url": ("image", "pixel_values", "vision", "image"),
-                "input_audio": ("audio", "mel_values", "audio", "audio clip")}
+# OpenAI content part type -> the modality it carries (quatrix.media.MODALITIES)
+_MEDIA_PARTS = {"image_url": "image", "input_audio": "audio"}
 
 
 def _messages(messages: list[Message], model) -> tuple[list[dict], dict]:
@@ -296,23 +296,22 @@ def _messages(messages: list[Message], model) -> tuple[list[dict], dict]:
         for part in message.content:
             if part.type not in _MEDIA_PARTS:
                 continue
-            key, model_key, encoder, what = _MEDIA_PARTS[part.type]
-            param = f"messages.{i}.content"
-            if getattr(model, encoder) is None:
-                raise APIError(400, f"this model has no {encoder} encoder, so it cannot take an {what}", param=param)
-            if model_key in media:
-                raise APIError(400, f"the model takes one {what} per conversation", param=param)
+            key = _MEDIA_PARTS[part.type]
+            kind, param = modality(key), f"messages.{i}.content"
+            if getattr(model, kind.encoder) is None:
+                raise APIError(400, f"this model has no {kind.encoder} encoder, so it cannot take {kind.noun}",
+                               param=param)
+            if key in media:
+                raise APIError(400, f"the model takes one {key} per conversation", param=param)
             decode = _decode_image if key == "image" else _decode_audio
-            media[model_key] = decode(part, model.config, param)[None]
+            media[key] = decode(part, model.config, param)[None]
             entry[key] = True
         out.append(entry)
-    return out, media
+    return out, model_inputs(media)
 
 
 def _decode_image(part: ContentPart, config, param: str):
     from PIL import Image, UnidentifiedImageError
-
-    from quatrix.vision import image_to_tensor
 
     url = part.image_url.url if part.image_url is not None else ""
     if not url.startswith("data:") or ";base64," not in url:
@@ -330,8 +329,6 @@ def _decode_image(part: ContentPart, config, param: str):
 
 def _decode_audio(part: ContentPart, config, param: str):
     """input_audio {"data": base64 bytes of a WAV/FLAC file, "format"} -> [T] at the model's rate."""
-    from quatrix.data.speech import read_audio
-
     if part.input_audio is None:
         raise APIError(400, "an input_audio part needs {'data': base64 file bytes, 'format': 'wav'}", param=param)
     try:

@@ -6,6 +6,26 @@ import argparse
 from functools import partial
 from pathlib import Path
 
+from quatrix.precision import PRECISIONS, autocast_context, resolve_precision
+from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
+from quatrix.validation import nonnegative_int, positive_float, positive_int
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (with its tokenizer)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=nonnegative_int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ (default: none)")
+    p.add_argument("--model-name", help="the model id clients see (default: the checkpoint folder's name)")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together")
+    p.add_argument("--max-queue", type=nonnegative_int, default=64,
+                   help="requests waiting for room beyond which the server answers 429")
+    p.add_argument("--max-tokens", type=positive_int, default=256,
+                   help="new tokens per reply when a request does not say")
+    p.add_argument("--max-body-mb", type=positive_float, default=8.0, help="request body limit")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
 
 def main(args: argparse.Namespace) -> int:
     try:
@@ -15,9 +35,6 @@ def main(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ValueError(f"serve needs FastAPI and uvicorn: pip install 'quatrix[serve]' ({e})") from None
     import torch
-
-    from quatrix.precision import autocast_context, resolve_precision
-    from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer
 
     if not has_tokenizer(args.ckpt):
         raise FileNotFoundError(f"{args.ckpt}: no tokenizer saved beside the model; serve needs one")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from quatrix.detokenize import INCOMPLETE, IncrementalDecoder
 from quatrix.engine import Cache, Sampling, sample_next
 
 
@@ -72,33 +73,34 @@ class Request:
 
 
 class _Choice:
-    """One sequence: its tokens and how much of their text was sent (stop strings held back)."""
+    """One sequence: its tokens, decoded incrementally (stop strings held back)."""
 
-    def __init__(self, request: Request, index: int):
+    def __init__(self, request: Request, index: int, tokenizer, hidden: frozenset[int]):
         self.request, self.index = request, index
-        self.tokens: list[int] = []
-        self.sent = 0  # characters of the decoded text already delivered
+        self.decoder = IncrementalDecoder(tokenizer, hidden)
         self.finished = False
 
-    def feed(self, token: int | None, tokenizer, hidden: frozenset[int], limit_hit: bool) -> Delta | None:
+    @property
+    def tokens(self) -> list[int]:
+        return self.decoder.tokens
+
+    def feed(self, token: int | None, limit_hit: bool) -> Delta | None:
         """Add a token (None = a stop token came) and return the text that is now safe to send.
-        Tokens in `hidden` (role and media-slot tokens) count but are not shown."""
+        Hidden tokens (role and media-slot tokens) count but are not shown."""
         if token is not None:
-            self.tokens.append(token)
-        text = tokenizer.decode([t for t in self.tokens if t not in hidden])
+            self.decoder.add(token)
+        text = self.decoder.text()
         reason = "stop" if token is None else ("length" if limit_hit else None)
-        cut = _first_stop(text, self.request.stop, self.sent)
+        cut = _first_stop(text, self.request.stop, self.decoder.sent)
         if cut is not None:
             text, reason = text[:cut], "stop"
         if reason is None:
-            if text.endswith("\ufffd"):  # the rest of a multi-byte character is still to come
+            if text.endswith(INCOMPLETE):  # the rest of a multi-byte character is still to come
                 return None
-            safe = len(text) - _stop_prefix_len(text, self.request.stop)
-            piece, self.sent = text[self.sent : safe], max(self.sent, safe)
+            piece = self.decoder.take(text, len(text) - _stop_prefix_len(text, self.request.stop))
             return Delta(self.index, piece) if piece else None
         self.finished = True
-        piece, self.sent = text[self.sent :], len(text)
-        return Delta(self.index, piece, reason)
+        return Delta(self.index, self.decoder.take(text), reason)
 
 
 def _first_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
@@ -232,7 +234,7 @@ class Scheduler:
         self.generators[request.id] = generator
         self.cache = cache if self.cache is None else Cache.merge([self.cache, cache])
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
-        self.rows += [_Choice(request, i) for i in range(request.n)]
+        self.rows += [_Choice(request, i, self.tokenizer, self.hidden) for i in range(request.n)]
         self.largest_batch = max(self.largest_batch, len(self.rows))
 
     def _step(self) -> None:
@@ -250,8 +252,7 @@ class Scheduler:
             if request.cancelled.is_set():
                 choice.finished = True
                 continue
-            delta = choice.feed(None if stop else token, self.tokenizer, self.hidden,
-                                limit_hit=len(choice.tokens) + 1 >= request.max_tokens)
+            delta = choice.feed(None if stop else token, limit_hit=len(choice.tokens) + 1 >= request.max_tokens)
             if delta is not None:
                 request.sink(delta)
         keep = [i for i, c in enumerate(self.rows) if not c.finished]

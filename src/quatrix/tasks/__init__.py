@@ -13,9 +13,10 @@ trained on, whatever the seeds and however long a run goes.
 from __future__ import annotations
 
 import difflib
-import json
 from typing import Any
 
+from quatrix.media import check_encoder
+from quatrix.specs import parse_spec
 from quatrix.tasks.base import HELD_OUT_EVERY, REASONING_INSTRUCTION, Item, Task, parse_pool  # noqa: F401
 
 VISUAL_QA = "visual_qa"
@@ -67,21 +68,8 @@ def _load_task(name: str, *, seed: int, **options: Any) -> Task:
 
 
 def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """'chain_sum:max_terms=3,max_digits=1' -> ('chain_sum', {'max_terms': 3, 'max_digits': 1}).
-    Values are read as JSON where they parse (numbers, true/false, lists), else as text."""
-    name, _, rest = spec.partition(":")
-    if not name.strip():
-        raise ValueError(f"task spec {spec!r}: expected NAME or NAME:key=value,...")
-    options: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"task spec {spec!r}: option {part!r} is not key=value")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value.strip()
-    return name.strip(), options
+    """'chain_sum:max_terms=3,max_digits=1' -> ('chain_sum', {'max_terms': 3, 'max_digits': 1})."""
+    return parse_spec(spec, "task spec")
 
 
 def task_from_spec(spec: str, seed: int = 0, config=None) -> Task:
@@ -90,12 +78,10 @@ def task_from_spec(spec: str, seed: int = 0, config=None) -> Task:
     unless the spec says otherwise."""
     name, options = parse_task_spec(spec)
     if name == VISUAL_QA and config is not None:
-        if not config.use_vision:
-            raise ValueError(f"task {VISUAL_QA} asks about images, but this model has no vision encoder")
+        check_encoder(config, "image", f"task {VISUAL_QA}")
         options.setdefault("image_size", config.image_size)
     if name == TRANSCRIBE and config is not None:
-        if not config.use_audio:
-            raise ValueError(f"task {TRANSCRIBE} needs audio, but this model has no audio encoder")
+        check_encoder(config, "audio", f"task {TRANSCRIBE}")
         options.setdefault("sample_rate", config.sample_rate)
         options.setdefault("max_seconds", config.audio_max_seconds)
     return load_task(name, seed=seed, **options)

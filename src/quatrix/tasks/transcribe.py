@@ -8,7 +8,7 @@ voices and the held-out set by the held-out ones, so accuracy is measured on spe
 model never heard. With the user's own clips (a folder or a .jsonl, as for pretraining) a
 clip is held out by a hash of its file name. The answer is the whole reply, compared after
 `normalise_transcript` (lower case, no punctuation); word and character error rates come
-from quatrix.data.speech.error_counts.
+`error_counts` below.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from quatrix.data.speech import (CORPORA, SAMPLE_RATE, check_clip, check_corpus_options, draw_clip, is_held_out_voice,
-                                 normalise_transcript, read_audio, read_audio_pairs, synthesize_clip)
+from quatrix.data.speech import (CORPORA, check_corpus_options, draw_clip, is_held_out_voice, read_audio_pairs,
+                                 synthesize_clip)
+from quatrix.media import SAMPLE_RATE, check_clip, read_audio
 from quatrix.tasks.base import Item, Task, held_out
 
 INSTRUCTION = "Transcribe the audio."
@@ -91,3 +92,24 @@ def random_transcripts(task: TranscribeTask, n: int, seed: int = 0) -> list[str]
     but knows the distribution of transcripts would say (the chance baseline)."""
     pool = [answer for _, answer in task.train_answers(2000)]
     return [pool[int(i)] for i in np.random.default_rng(seed).integers(len(pool), size=n)]
+
+
+def error_counts(reference: str, hypothesis: str, unit: str = "word") -> tuple[int, int]:
+    """(edit distance, reference length) over words or characters: the numerator and
+    denominator of a word or character error rate (summed over a set: the corpus rate).
+    Written here because it is ten lines and the metric's definition should be visible."""
+    ref = reference.split() if unit == "word" else list(reference)
+    hyp = hypothesis.split() if unit == "word" else list(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        previous, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
+    return row[len(hyp)], len(ref)
+
+
+def normalise_transcript(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces: what transcripts are compared as."""
+    kept = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower())
+    return " ".join(kept.split())
+

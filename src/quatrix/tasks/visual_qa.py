@@ -14,7 +14,7 @@ import numpy as np
 
 from quatrix.data.images import COLOURS, SHAPES, Shape, clevr_scene, draw_scene
 from quatrix.tasks.base import Item, Task
-from quatrix.vision import image_to_tensor
+from quatrix.media import image_to_tensor
 
 KINDS = ("count", "colour", "shape", "exists", "position")
 _SPLITS = {"train": 0, "eval": 1}

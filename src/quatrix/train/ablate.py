@@ -26,7 +26,10 @@ import torch
 from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.io import atomic_path, atomic_write_text
 from quatrix.params import count_parameters, training_flops_per_token
-from quatrix.train.common import CHECKPOINT_DIR, METRICS_NAME, PRECISIONS, SUMMARY_NAME, command_line, read_metrics
+from quatrix.precision import PRECISIONS
+from quatrix.train.metrics import METRICS_NAME, SUMMARY_NAME, read_metrics
+from quatrix.train.options import command_line
+from quatrix.train.resume import CHECKPOINT_DIR
 from quatrix.validation import int_at_least, nonnegative_int, positive_float, positive_int
 from quatrix.variants import DEFAULT_HEADS, VARIANTS, variant_overrides
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from quatrix.io import atomic_write_json
-from quatrix.recipe import STAGES, TRAINING, load_recipe, recipe_names, stage_flags
+from quatrix.train.report import evaluate_run, sample_run, summary_table, write_report
+from quatrix.train.recipe import STAGES, TRAINING, load_recipe, recipe_names, stage_flags
 
 STAGES_FILE = "stages.json"
 RECIPE_FILE = "recipe.json"
@@ -75,8 +75,6 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\nrun berry: stopped. Rerun the same command to resume from {out}.", file=sys.stderr)
         return 130
-    from quatrix.train.report import summary_table, write_report
-
     report = write_report(out)
     print(f"\nreport: {report}\n")
     print(summary_table(out))
@@ -148,12 +146,8 @@ def run_stage(stage: str, recipe: dict, out: Path, args) -> int:
             raise KeyboardInterrupt if status == 0 else SystemExit(status)
         return command(argv, args.nproc)
     if stage == "eval":
-        from quatrix.train.report import evaluate_run
-
         evaluate_run(out, recipe)
         return 0
-    from quatrix.train.report import sample_run
-
     sample_run(out, recipe)
     return 0
 
@@ -173,17 +167,3 @@ def command(argv: list[str], nproc: int = 1) -> int:
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"] if nproc > 1 else \
         [sys.executable]
     return subprocess.run([*launcher, "-m", "quatrix.cli", *argv], env=os.environ.copy()).returncode
-
-
-def environment() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
-            "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

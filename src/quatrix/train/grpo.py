@@ -19,63 +19,70 @@ import argparse
 import contextlib
 import copy
 import math
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from quatrix.chat import END
-from quatrix.eval.tasks import complete, evaluate_task, prompt_batch
+from quatrix.data.sft import SFTLoader
+from quatrix.eval.tasks import evaluate_task
 from quatrix.rl import LOSS_TYPES, SCALES, clip_fraction, group_advantages, grpo_loss, k3_kl, token_logprobs
 from quatrix.tasks import task_from_spec
 from quatrix.tasks.rewards import parse_reward_weights, score_completion
-from quatrix.train import common
+from quatrix.tasks.sampling import complete
+from quatrix.train.metrics import plot_metrics, read_metrics
+from quatrix.train.optim import optimizer_step
+from quatrix.train import options
+from quatrix.train.options import RunConfig, default, option
 from quatrix.train.sft import load_init
+from quatrix.train.trainer import Trainer
 from quatrix.validation import float_in, int_at_least, nonnegative_float, positive_float, positive_int
 
 REWARD_PLOT_NAME = "reward.png"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="a JSON file of these options (command-line flags override it)")
-    p.add_argument("--init", required=True, help="checkpoint to start from (with its tokenizer), e.g. an SFT run's")
-    p.add_argument("--task", required=True, help="NAME[:key=value,...]: any reasoning-gym task, or visual_qa")
-    p.add_argument("--prompts-per-step", type=positive_int, default=8, help="P: prompts per step per process")
-    p.add_argument("--group-size", type=int_at_least(2), default=8, help="G: completions per prompt")
-    p.add_argument("--micro-batch", type=positive_int, default=16, help="completions per forward/backward pass")
-    p.add_argument("--beta", type=nonnegative_float, default=0.0, help="KL penalty weight (0: no reference model)")
-    p.add_argument("--epsilon", type=float_in(0.0, 1.0, low_open=True, high_open=True), default=0.2)
-    p.add_argument("--epsilon-high", type=positive_float, default=None, help="upper clip (default: --epsilon)")
-    p.add_argument("--loss-type", choices=LOSS_TYPES, default="dapo")
-    p.add_argument("--scale-rewards", choices=SCALES, default="group")
-    p.add_argument("--num-iterations", type=positive_int, default=1,
-                   help="μ: optimisation passes over each batch of rollouts")
-    p.add_argument("--max-new-tokens", type=positive_int, default=32)
-    p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0)
-    p.add_argument("--mask-truncated", action="store_true",
-                   help="no loss on completions that ran out of tokens before ending (DAPO's overlong filter)")
-    p.add_argument("--reward-weights", default="correct=1,format=0.1,length=0",
-                   help="weights of the rewards correct, format and length")
-    p.add_argument("--eval-n", type=positive_int, default=100, help="held-out items for greedy evaluation")
-    common.add_run_arguments(p, steps=100, lr=2e-5, warmup=0, eval_every=20, save_every=20, out="runs/grpo",
-                             weight_decay=0.0)
-    p.add_argument("--stop-after", type=positive_int, default=None, help=argparse.SUPPRESS)  # tests: die here
+@dataclass
+class GRPOConfig(RunConfig):
+    init: str | None = option(required=True, help="checkpoint to start from (with its tokenizer), e.g. an SFT "
+                                                  "run's")
+    task: str | None = option(required=True, help="NAME[:key=value,...]: any reasoning-gym task, visual_qa or "
+                                                  "transcribe")
+    prompts_per_step: int = option(8, parse=positive_int, help="P: prompts per step per process")
+    group_size: int = option(8, parse=int_at_least(2), help="G: completions per prompt")
+    micro_batch: int = option(16, parse=positive_int, help="completions per forward/backward pass")
+    beta: float = option(0.0, parse=nonnegative_float, help="KL penalty weight (0: no reference model)")
+    epsilon: float = option(0.2, parse=float_in(0.0, 1.0, low_open=True, high_open=True))
+    epsilon_high: float | None = option(None, parse=positive_float, help="upper clip (default: --epsilon)")
+    loss_type: str = option("dapo", choices=LOSS_TYPES)
+    scale_rewards: str = option("group", choices=SCALES)
+    num_iterations: int = option(1, parse=positive_int, help="μ: optimisation passes over each batch of rollouts")
+    max_new_tokens: int = option(32, parse=positive_int)
+    temperature: float = option(1.0, parse=positive_float)
+    top_p: float = option(1.0, parse=float_in(0.0, 1.0, low_open=True))
+    mask_truncated: bool = option(False, help="no loss on completions that ran out of tokens before ending (DAPO's "
+                                              "overlong filter)")
+    reward_weights: str = option("correct=1,format=0.1,length=0",
+                                 help="weights of the rewards correct, format and length")
+    eval_n: int = option(100, parse=positive_int, help="held-out items for greedy evaluation")
+    steps: int = default("steps", 100)
+    lr: float = default("lr", 2e-5)
+    weight_decay: float = default("weight_decay", 0.0)
+    eval_every: int = default("eval_every", 20)
+    save_every: int = default("save_every", 20)
+    out: str = default("out", "runs/grpo")
+    # resolved from reward_weights when the config is made, never a flag
+    rewards: dict[str, float] = option(cli=False, default_factory=dict)
 
-
-def main(args: argparse.Namespace) -> int:
-    args.reward_weights_resolved = parse_reward_weights(args.reward_weights)
-    return common.run_stage(args, run)
+    def __post_init__(self):
+        self.rewards = parse_reward_weights(self.reward_weights)
 
 
 class PromptStream:
     """The task's training items in order, from this process's own index range; the position is plain data."""
 
     def __init__(self, task, rank: int = 0):
-        from quatrix.data.sft import SFTLoader
-
         self.task, self.index = task, rank * SFTLoader.RANK_STRIDE
 
     def next(self, n: int) -> list:
@@ -92,75 +99,69 @@ class PromptStream:
         self.index = state["index"]
 
 
-def run(args: argparse.Namespace, d: common.Dist) -> int:
-    # ---------------------------------------------------------------- set-up, model, task
-    out = Path(args.out)
-    device, checkpoint = common.prepare_run(args, d, out, "grpo")
-    model, tokenizer = load_init(args.init, device)
-    task = task_from_spec(args.task, args.seed, model.config)
-    common.freeze_unused_plugins(model, set(task.media))
-    reference = None
-    if args.beta > 0:  # the --init model, frozen (also on resume: the reference never moves)
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    if d.is_main:
-        common.write_run_config(out, args, model.config, tokenizer, d)
+class GRPOTrainer(Trainer):
+    stage = "grpo"
 
-    # ---------------------------------------------------------------- optimizer, resume
-    optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
-    prompts = PromptStream(task, d.rank)
-    start = common.restore(checkpoint, model, optimizers, prompts, model.config) if checkpoint else 0
-    train_model = common.wrap_model(model, args.compile, d, device)
-    metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
+    def setup(self) -> None:
+        config = self.config
+        self.model, self.tokenizer = load_init(config.init, self.device)
+        self.task = task_from_spec(config.task, config.seed, self.model.config)
+        self.sources = set(self.task.media)
+        self.reference = None
+        if config.beta > 0:  # the --init model, frozen (also on resume: the reference never moves)
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.loader = PromptStream(self.task, self.d.rank)
 
-    # ---------------------------------------------------------------- loop
-    autocast = common.autocast_context(device, args.precision_resolved)
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not d.is_main, desc="grpo")
-    for step in bar:
-        lr = common.set_lr(optimizers, common.lr_factor(step, args.warmup, args.steps, args.final_lr))
-        record = grpo_step(args, d, device, model, train_model, reference, tokenizer, task, prompts, optimizers,
-                           autocast)
-        if record is None:
-            bar.close()
-            print(f"grpo: the loss or gradient became non-finite at step {step + 1}; stopping without that update. "
-                  f"The last good checkpoint is in {out / common.CHECKPOINT_DIR}; lower --lr.", file=sys.stderr)
-            return 1
-        done = step + 1
-        record = {"step": done, **record, "lr": lr}
-        if common.due(done, args.eval_every, args.steps):
-            with autocast:
-                result = evaluate_task(model, tokenizer, task, args.eval_n, max_new_tokens=args.max_new_tokens)
-            record.update(eval_accuracy=result["accuracy"], eval_format_rate=result["format_rate"])
-        if d.is_main:
-            metrics.log(record)
-            bar.set_postfix(reward=f"{record['reward']:.2f}", acc=f"{record['accuracy']:.2f}",
-                            **({"eval": f"{record['eval_accuracy']:.2f}"} if "eval_accuracy" in record else {}))
-        if args.stop_after is not None and done >= args.stop_after:
-            return 0  # as if killed: no checkpoint for this step
-        if common.due(done, args.save_every, args.steps):
-            if d.is_main:
-                common.save_checkpoint(out, model, tokenizer, optimizers, done, prompts.state_dict(), vars(args))
-            d.barrier()
-    if d.is_main:
-        metrics.close()
-        report(args, out, device)
-    return 0
+    def find_unused_parameters(self) -> bool:
+        return False
+
+    def train_step(self, step: int) -> dict:
+        """Sample, score, and optimise one batch of rollouts."""
+        return grpo_step(self.config, self.d, self.device, self.model, self.train_model, self.reference,
+                         self.tokenizer, self.task, self.loader, self.optimizers, self.autocast())
+
+    def evaluate(self) -> dict:
+        result = evaluate_task(self.model, self.tokenizer, self.task, self.config.eval_n,
+                               max_new_tokens=self.config.max_new_tokens)
+        return {"eval_accuracy": result["accuracy"], "eval_format_rate": result["format_rate"]}
+
+    def report(self) -> None:
+        path = self.metrics_path
+        super().report()
+        plot_rewards(path, self.out / REWARD_PLOT_NAME)
+        records = read_metrics(path)
+        evals = [r for r in records if "eval_accuracy" in r]
+        last = records[-1]
+        line = f"grpo: {self.config.steps} steps, reward {last['reward']:.3f}, sampled accuracy {last['accuracy']:.3f}"
+        if evals:
+            line += f", held-out greedy accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> " \
+                    f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})"
+        print(line + f"; checkpoint {self.out / 'checkpoint'}")
 
 
-def grpo_step(args, d, device, model, train_model, reference, tokenizer, task, prompts, optimizers, autocast):
-    """Sample, score, and optimise one batch of rollouts. The step's record, or None when
-    the loss or gradients went non-finite (no update was made)."""
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_arguments(p, GRPOConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    return GRPOTrainer(options.from_namespace(GRPOConfig, args)).run()
+
+
+def grpo_step(args: GRPOConfig, d, device, model, train_model, reference, tokenizer, task, prompts, optimizers,
+              autocast) -> dict:
+    """Sample, score, and optimise one batch of rollouts. The step's record, or
+    {"problem": ...} when the loss or gradients went non-finite (no update was made)."""
     G = args.group_size
     items = prompts.next(args.prompts_per_step)
     with autocast:
         rollouts = complete(model, tokenizer, task, items, num_samples=G, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_p=args.top_p)
-    scored = [score_completion(task, items[i // G], text, len(tokens), args.max_new_tokens,
-                               args.reward_weights_resolved)
+    scored = [score_completion(task, items[i // G], text, len(tokens), args.max_new_tokens, args.rewards)
               for i, (text, tokens) in enumerate(zip(rollouts.texts, rollouts.tokens))]
     rewards = torch.tensor([s.reward for s in scored])
     advantages = group_advantages(rewards, G, args.scale_rewards)
     batch = rollout_batch(rollouts, G, tokenizer.token_id(END), tokenizer.eot_id, args.mask_truncated)
-    media = {k: v.repeat_interleave(G, 0) for k, v in prompt_batch(task, items, tokenizer, model.config)[1].items()}
+    media = {k: v.repeat_interleave(G, 0) for k, v in rollouts.media.items()}
     t0 = time.perf_counter()
     micro = list(range(0, len(scored), args.micro_batch))
 
@@ -195,9 +196,9 @@ def grpo_step(args, d, device, model, train_model, reference, tokenizer, task, p
                 kl = (k3_kl(logprobs, ref) * m).sum() if ref is not None else torch.zeros((), device=device)
                 clipped = clip_fraction(logprobs, old, A, m, args.epsilon, args.epsilon_high) * m.sum()
                 stats += torch.stack([kl, clipped, (entropy * m).sum(), loss.detach() * share])
-        loss_value, grad_norm = common.optimizer_step(model, optimizers, stats[3], d)
+        loss_value, grad_norm = optimizer_step(model, optimizers, stats[3], d)
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            return None
+            return {"problem": "the loss or gradient became non-finite"}
     kl, clipped, entropy = (stats[:3] / total_tokens).tolist()
     groups = rewards.view(-1, G)
     trained = batch["input_ids"].numel()
@@ -236,23 +237,8 @@ def rollout_batch(rollouts, group_size: int, end_id: int, pad_id: int, mask_trun
     return {"input_ids": ids, "labels": labels, "mask": (labels[:, 1:] != -100).float()}
 
 
-def report(args, out: Path, device: str) -> None:
-    path = out / common.METRICS_NAME
-    common.plot_losses(path, out / common.LOSS_PLOT_NAME)
-    plot_rewards(path, out / REWARD_PLOT_NAME)
-    common.write_summary(out, path, device)
-    records = common.read_metrics(path)
-    evals = [r for r in records if "eval_accuracy" in r]
-    last = records[-1]
-    line = f"grpo: {args.steps} steps, reward {last['reward']:.3f}, sampled accuracy {last['accuracy']:.3f}"
-    if evals:
-        line += f", held-out greedy accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> " \
-                f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})"
-    print(line + f"; checkpoint {out / common.CHECKPOINT_DIR}")
-
-
 def plot_rewards(metrics_path: Path, png: Path) -> None:
     """Mean reward and sampled accuracy per step, held-out greedy accuracy at evaluations."""
-    common.plot_metrics(metrics_path, png, lines={"reward": "reward (mean)", "accuracy": "accuracy (sampled)"},
+    plot_metrics(metrics_path, png, lines={"reward": "reward (mean)", "accuracy": "accuracy (sampled)"},
                         points={"eval_accuracy": "held-out accuracy (greedy)"},
                         title=f"GRPO: {metrics_path.parent.name}")

@@ -10,11 +10,13 @@ the stages' plots. Every number in the report is read from a file the run wrote.
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 from pathlib import Path
 
 import torch
 
+from quatrix.engine import generate
 from quatrix.io import atomic_write_json, atomic_write_text
 
 TRAINED = ("pretrain", "sft", "grpo")
@@ -30,7 +32,7 @@ def evaluate_run(out: Path, recipe: dict) -> dict:
     from quatrix.eval.perplexity import evaluate_checkpoint
     from quatrix.eval.tasks import evaluate_task
     from quatrix.tasks import task_from_spec
-    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.pretrained import load_model_and_tokenizer
 
     spec = recipe["eval"]
     n, new_tokens = spec.get("n", 200), spec.get("max_new_tokens", 16)
@@ -66,7 +68,7 @@ def sample_run(out: Path, recipe: dict) -> dict:
 
     from quatrix.session import ChatSession
     from quatrix.tasks import task_from_spec
-    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.pretrained import load_model_and_tokenizer
 
     spec = recipe["samples"]
     tokens = spec.get("max_new_tokens", 40)
@@ -75,7 +77,7 @@ def sample_run(out: Path, recipe: dict) -> dict:
     samples: dict = {}
     base, tokenizer = load_model_and_tokenizer(checkpoint(out, "pretrain"))
     prompt = tokenizer.encode(spec.get("text_prompt", "ROMEO."))
-    generated = base.generate([prompt], tokens, temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0),
+    generated = generate(base, [prompt], tokens, temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0),
                               stop_token_ids=[tokenizer.eot_id])
     samples["text"] = {"checkpoint": "pretrain", "prompt": spec.get("text_prompt", "ROMEO."),
                        "completion": tokenizer.decode(generated.tokens[0])}
@@ -184,9 +186,7 @@ def evaluation_table(results: dict) -> list[str]:
 
 def write_report(out: Path) -> Path:
     from quatrix.params import count_parameters, parameter_table
-    from quatrix.tokenizer import load_model_and_tokenizer
-    from quatrix.train.berry import environment
-
+    from quatrix.pretrained import load_model_and_tokenizer
     recipe = json.loads((out / "recipe.json").read_text())
     results = json.loads((out / "eval" / "results.json").read_text())
     samples = json.loads((out / "samples" / "samples.json").read_text())
@@ -253,3 +253,15 @@ def summary_table(out: Path) -> str:
             lines.append(f"{label}: {_f(r['accuracy'])} (majority {_f(r['baselines']['majority_accuracy'])}, "
                          f"media zeroed {_f(r['baselines']['text_only_accuracy'])})")
     return "\n".join(lines)
+
+
+def environment() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -6,55 +6,114 @@ Starts from a checkpoint (its tokenizer comes with it) and trains on the loss-ma
 of the one chat format (quatrix.chat): assistant content and the end of each assistant
 turn. Sources and their batches are quatrix.data.sft's; each step draws its batch from one
 source, chosen with --weights as pretraining's mixture does. Checkpoints, exact resume,
-metrics, precision and DistributedDataParallel are pretraining's (quatrix.train.common).
+metrics, precision and DistributedDataParallel are the Trainer's (quatrix.train.trainer).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
 from quatrix.chat import END
 from quatrix.data.mixture import Mixture
 from quatrix.data.sft import ConversationSource, SFTLoader, collate
-from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer
-from quatrix.train import common
-from quatrix.validation import nonnegative_int, positive_int
+from quatrix.data.speech import parse_audio_spec
+from quatrix.engine import generate
+from quatrix.media import check_encoder
+from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
+from quatrix.train import options
+from quatrix.train.options import BatchConfig, default, option
+from quatrix.train.trainer import Trainer
+from quatrix.validation import int_at_least, nonnegative_int, positive_int
+
+
+@dataclass
+class SFTConfig(BatchConfig):
+    init: str | None = option(required=True, help="checkpoint to start from (with its tokenizer): a pretraining "
+                                                  "run's OUT/checkpoint")
+    data: list[str] = option(default_factory=list,
+                             help="conversations: a .jsonl of {\"messages\": [...]}, chitchat, or "
+                                  "task:NAME[:key=value,...] (a task's worked solutions or answers); repeatable")
+    audio_data: str | None = option(None, help="speech to transcribe: spoken-digits, spoken-numbers, "
+                                               "spoken-sentences or a folder / .jsonl of clips with transcripts "
+                                               "(the source task:transcribe:data=X, after the --data sources)")
+    weights: str | None = option(None, help="comma-separated weights of the --data sources (then --audio-data), "
+                                            "in order (default: equal)")
+    seq_len: int = option(256, parse=int_at_least(2), help="tokens per conversation (longer ones are skipped)")
+    steps: int = default("steps", 200)
+    batch_size: int = option(16, parse=positive_int, help="conversations per step per process (before "
+                                                          "accumulation)")
+    warmup: int = default("warmup", 10)
+    out: str = default("out", "runs/sft")
+    eval_n: int = option(64, parse=positive_int, help="held-out conversations per source to validate on")
+    sample_tokens: int = option(48, parse=nonnegative_int,
+                                help="answer one held-out prompt with this many tokens at the end (0: none)")
+
+    def sources(self) -> dict[str, float]:
+        """Each source (the --data ones, then --audio-data's transcription) and its weight."""
+        sources = self.data + ([transcribe_spec(self.audio_data)] if self.audio_data else [])
+        if not sources:
+            raise ValueError("give at least one --data source (or --audio-data)")
+        return source_weights(sources, self.weights)
+
+
+class SFTTrainer(Trainer):
+    stage = "sft"
+
+    def __init__(self, config: SFTConfig):
+        super().__init__(config)
+        self.weights = config.sources()
+
+    def setup(self) -> None:
+        config = self.config
+        self.model, self.tokenizer = load_init(config.init, self.device)
+        model_config = self.model.config
+        if config.seq_len > model_config.max_seq_len:
+            raise ValueError(f"--seq-len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}")
+        self.conversations = {spec: ConversationSource(spec, self.tokenizer, config.seq_len, config.seed, log=self.log,
+                                                       config=model_config) for spec in self.weights}
+        media = {spec: s.media() for spec, s in self.conversations.items()}
+        for spec, carried in media.items():
+            for name in carried:
+                check_encoder(model_config, name, f"--data {spec}")
+        self.loaders = {spec: SFTLoader(s, config.batch_size, self.tokenizer.eot_id, model_config, config.seed,
+                                        self.d.rank, self.d.world_size) for spec, s in self.conversations.items()}
+        self.loader = Mixture(self.loaders, self.weights, config.seed)
+        self.sources = set().union(*media.values())
+        self.validation = [e for s in self.conversations.values() for e in s.validation(config.eval_n)]
+
+    def find_unused_parameters(self) -> bool:
+        return bool(self.sources) and len(self.weights) > 1
+
+    def step_extra(self) -> dict:
+        return {"skipped": sum(loader.skipped for loader in self.loaders.values())}
+
+    def evaluate(self) -> dict:
+        return {"val_loss": masked_loss(self.model, self.validation, self.tokenizer.eot_id, self.model.config,
+                                        self.config.batch_size, self.device)}
+
+    def report(self) -> None:
+        super().report()
+        last = self.last_record()
+        print(f"sft: {self.config.steps} steps, train loss {last['loss']:.3f}, val loss "
+              f"{last.get('val_loss', float('nan')):.3f}; checkpoint {self.out / 'checkpoint'}")
+        if self.config.sample_tokens:
+            print_sample(self.model, self.tokenizer, next(iter(self.conversations.values())),
+                         self.config.sample_tokens)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="a JSON file of these options (command-line flags override it)")
-    p.add_argument("--init", required=True, help="checkpoint to start from (with its tokenizer): a pretraining run's "
-                                                 "OUT/checkpoint")
-    p.add_argument("--data", action="append", default=[],
-                   help="conversations: a .jsonl of {\"messages\": [...]}, chitchat, or task:NAME[:key=value,...] "
-                        "(a task's worked solutions or answers); repeatable")
-    p.add_argument("--audio-data", help="speech to transcribe: spoken-digits, spoken-numbers, spoken-sentences or a "
-                                        "folder / .jsonl of clips with transcripts (the source task:transcribe:data=X,"
-                                        " after the --data sources)")
-    p.add_argument("--weights", help="comma-separated weights of the --data sources (then --audio-data), in order "
-                                     "(default: equal)")
-    common.add_run_arguments(p, steps=200, batch_size=16, seq_len=256, lr=1e-3, warmup=10, eval_every=50,
-                             save_every=50, out="runs/sft", batch_help="conversations per step per process")
-    p.add_argument("--eval-n", type=positive_int, default=64, help="held-out conversations per source to validate on")
-    p.add_argument("--sample-tokens", type=nonnegative_int, default=48,
-                   help="answer one held-out prompt with this many tokens at the end (0: none)")
-    p.add_argument("--stop-after", type=positive_int, default=None, help=argparse.SUPPRESS)  # tests: die here
+    options.add_arguments(p, SFTConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    sources = args.data + ([transcribe_spec(args.audio_data)] if args.audio_data else [])
-    if not sources:
-        raise ValueError("give at least one --data source (or --audio-data)")
-    return common.run_stage(args, run, source_weights(sources, args.weights))
+    return SFTTrainer(options.from_namespace(SFTConfig, args)).run()
 
 
 def transcribe_spec(audio_data: str) -> str:
     """--audio-data spoken-digits:max_digits=2 -> task:transcribe:data=spoken-digits,max_digits=2."""
-    from quatrix.data.speech import parse_audio_spec
-
     name, options = parse_audio_spec(audio_data)
     return ",".join([f"task:transcribe:data={name}", *(f"{k}={v}" for k, v in options.items())])
 
@@ -82,82 +141,20 @@ def load_init(path: str, device: str):
     return load_model_and_tokenizer(path, map_location=device)  # refuses a tokenizer of another vocabulary
 
 
-def run(args: argparse.Namespace, d: common.Dist, weights: dict[str, float]) -> int:
-    # ---------------------------------------------------------------- set-up, model, data
-    out = Path(args.out)
-    device, checkpoint = common.prepare_run(args, d, out, "sft")
-    model, tokenizer = load_init(args.init, device)
-    config = model.config
-    if args.seq_len > config.max_seq_len:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
-    log = print if d.is_main else (lambda *a, **k: None)
-    sources = {spec: ConversationSource(spec, tokenizer, args.seq_len, args.seed, log=log, config=config)
-               for spec in weights}
-    media = {spec: s.media() for spec, s in sources.items()}
-    for spec, carried in media.items():
-        for key, flag, encoder in (("image", "use_vision", "vision"), ("audio", "use_audio", "audio")):
-            if key in carried and not getattr(config, flag):
-                raise ValueError(f"--data {spec} carries {key}, but the --init model has no {encoder} encoder")
-    loaders = {spec: SFTLoader(s, args.batch_size, tokenizer.eot_id, config, args.seed, d.rank, d.world_size)
-               for spec, s in sources.items()}
-    loader = Mixture(loaders, weights, args.seed)
-    fed = set().union(*media.values())
-    common.freeze_unused_plugins(model, fed)
-    if d.is_main:
-        common.write_run_config(out, args, config, tokenizer, d)
-
-    # ---------------------------------------------------------------- optimizer, resume
-    optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
-    start = common.restore(checkpoint, model, optimizers, loader, config) if checkpoint else 0
-    train_model = common.wrap_model(model, args.compile, d, device, find_unused=bool(fed) and len(weights) > 1)
-    metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
-    validation = [e for s in sources.values() for e in s.validation(args.eval_n)]
-
-    def evaluate() -> dict:
-        return {"val_loss": masked_loss(model, validation, tokenizer.eot_id, config, args.batch_size,
-                                        device, args.precision_resolved)}
-
-    def skipped() -> dict:
-        return {"skipped": sum(ld.skipped for ld in loaders.values())}
-
-    status = common.train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, loader, metrics, start,
-                               stage="sft", evaluate=evaluate, extra=skipped)
-    if d.is_main:
-        metrics.close()
-        if status == 0 and args.stop_after is None:
-            report(args, out, model, tokenizer, sources, device)
-    return status
-
-
 @torch.no_grad()
-def masked_loss(model, examples, pad_id: int, config, batch_size: int, device: str, precision: str) -> float:
-    """Mean next-token loss over the loss-masked tokens of `examples` (in batches, eval mode)."""
+def masked_loss(model, examples, pad_id: int, config, batch_size: int, device: str) -> float:
+    """Mean next-token loss over the loss-masked tokens of `examples`, in batches (the
+    Trainer calls it in eval mode, under the run's autocast)."""
     if not examples:
         return float("nan")
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    try:
-        with common.autocast_context(device, precision):
-            for start in range(0, len(examples), batch_size):
-                chunk = examples[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in collate(chunk, pad_id, config).items()}
-                total += model(**batch, loss_reduction="sum", check_values=False)["loss"].double()
-                count += int((batch["labels"][:, 1:] != -100).sum())
-    finally:
-        model.train(was_training)
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id, config).items()}
+        total += model(**batch, loss_reduction="sum", check_values=False)["loss"].double()
+        count += int((batch["labels"][:, 1:] != -100).sum())
     return float(total) / max(count, 1)
-
-
-def report(args, out: Path, model, tokenizer, sources, device: str) -> None:
-    common.plot_losses(out / common.METRICS_NAME, out / common.LOSS_PLOT_NAME)
-    common.write_summary(out, out / common.METRICS_NAME, device)
-    last = common.read_metrics(out / common.METRICS_NAME)[-1]
-    print(f"sft: {args.steps} steps, train loss {last['loss']:.3f}, val loss {last.get('val_loss', float('nan')):.3f}; "
-          f"checkpoint {out / common.CHECKPOINT_DIR}")
-    if args.sample_tokens:
-        print_sample(model, tokenizer, next(iter(sources.values())), args.sample_tokens)
 
 
 def print_sample(model, tokenizer, source: ConversationSource, n: int) -> None:
@@ -170,5 +167,5 @@ def print_sample(model, tokenizer, source: ConversationSource, n: int) -> None:
     n = min(n, model.config.max_seq_len - len(prompt) - 1)
     if n < 1:
         return
-    out = model.generate([prompt], n, temperature=0.0, stop_token_ids=[tokenizer.token_id(END)])
+    out = generate(model, [prompt], n, temperature=0.0, stop_token_ids=[tokenizer.token_id(END)])
     print("sample:", repr(tokenizer.decode(prompt[-40:])), "->", repr(tokenizer.decode(out.tokens[0])))

@@ -8,37 +8,86 @@ The plugin lives in a QuatrixLM (`use_world_model=True`), as it does in joint tr
 `--init` takes an existing checkpoint and trains its world model, or the `--preset` builds
 one; either way the language model is frozen and only `model.world` learns. Frame size and
 action count come from the collection. Checkpoints, exact resume, metrics, precision and
-DDP are the other stages' (quatrix.train.common).
+DDP are the Trainer's (quatrix.train.trainer).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from dataclasses import dataclass
 
+import torch
 
 from quatrix.config import PRESETS, preset
 from quatrix.data.mixture import Mixture
 from quatrix.data.world import WorldData, WorldLoader
 from quatrix.eval.world import evaluate_world
 from quatrix.model import QuatrixLM
-from quatrix.tokenizer import has_tokenizer, load_model_and_tokenizer, load_tokenizer
-from quatrix.train import common
+from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
+from quatrix.tokenizer import load_tokenizer
+from quatrix.train.metrics import LOSS_PLOT_NAME, plot_metrics, write_summary
+from quatrix.train import options
+from quatrix.train.options import BatchConfig, default, option
+from quatrix.train.trainer import MixtureObjective, Trainer
+from quatrix.validation import positive_int
+
+
+@dataclass
+class WorldConfig(BatchConfig):
+    data: str | None = option(required=True, help="a collection made by `quatrix world collect`")
+    init: str | None = option(None, group="model", help="a checkpoint whose world model to train (one is added if "
+                                                        "it has none)")
+    preset: str = option("tiny", group="model", choices=tuple(sorted(PRESETS)))
+    tokenizer: str = option("gpt2", help="with --preset: the tokenizer saved beside the model")
+    steps: int = default("steps", 600)
+    batch_size: int = option(64, parse=positive_int, help="transitions per step per process (before accumulation)")
+    warmup: int = default("warmup", 20)
+    eval_every: int = default("eval_every", 200)
+    save_every: int = default("save_every", 200)
+    out: str = default("out", "runs/world")
+
+
+class WorldTrainer(Trainer):
+    stage = "world"
+
+    def __init__(self, config: WorldConfig):
+        super().__init__(config)
+        self.data = WorldData(config.data)
+
+    def setup(self) -> None:
+        self.model, self.tokenizer = build_model(self.config, self.data, self.device)
+        self.sources = {"world"}
+        self.loader = Mixture({"world": WorldLoader(self.data, self.config.batch_size, self.config.seed, self.d.rank,
+                                                    self.d.world_size)}, {"world": 1.0}, self.config.seed)
+
+    def objective(self) -> torch.nn.Module:
+        return MixtureObjective(self.model)
+
+    def find_unused_parameters(self) -> bool:
+        return False
+
+    def evaluate(self) -> dict:
+        result = evaluate_world(self.model.world, self.data, self.device)
+        return {"val_mse": result["mse"], "val_mse_copy_state": result["mse_copy_state"],
+                "val_action_accuracy": result["action_accuracy"]}
+
+    def report(self) -> None:
+        plot_metrics(self.metrics_path, self.out / LOSS_PLOT_NAME, lines={"loss": "train loss"},
+                     points={"val_mse": "held-out mse", "val_mse_copy_state": "copy-state mse"})
+        write_summary(self.out, self.metrics_path, self.device)
+        print(f"world: {self.config.steps} steps; checkpoint {self.out / 'checkpoint'}; "
+              f"quatrix world eval --ckpt {self.out / 'checkpoint'} --data {self.config.data}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="a JSON file of these options (command-line flags override it)")
-    p.add_argument("--data", required=True, help="a collection made by `quatrix world collect`")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--init", help="a checkpoint whose world model to train (one is added if it has none)")
-    source.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--tokenizer", default="gpt2", help="with --preset: the tokenizer saved beside the model")
-    common.add_run_arguments(p, steps=600, batch_size=64, lr=1e-3, warmup=20, eval_every=200,
-                             save_every=200, out="runs/world", batch_help="transitions per step per process")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: die here
+    options.add_arguments(p, WorldConfig)
 
 
-def build_model(args, data: WorldData, device: str):
+def main(args: argparse.Namespace) -> int:
+    return WorldTrainer(options.from_namespace(WorldConfig, args)).run()
+
+
+def build_model(args: WorldConfig, data: WorldData, device: str):
     """The LM holding the world model (frozen apart from it) and the tokenizer saved beside it."""
     sizes = {"use_world_model": True, "world_image_size": data.manifest["image_size"],
              "world_num_actions": data.num_actions}
@@ -58,39 +107,3 @@ def build_model(args, data: WorldData, device: str):
     model.requires_grad_(False)
     model.world.requires_grad_(True)
     return model.to(device), tokenizer
-
-
-def main(args: argparse.Namespace) -> int:
-    return common.run_stage(args, run)
-
-
-def run(args: argparse.Namespace, d: common.Dist) -> int:
-    out = Path(args.out)
-    data = WorldData(args.data)
-    device, checkpoint = common.prepare_run(args, d, out, "world")
-    model, tokenizer = build_model(args, data, device)
-    if d.is_main:
-        common.write_run_config(out, args, model.config, tokenizer, d)
-    loader = Mixture({"world": WorldLoader(data, args.batch_size, args.seed, d.rank, d.world_size)}, {"world": 1.0},
-                     args.seed)
-    optimizers = common.build_optimizers(model, args.optimizer, args.lr, args.weight_decay)
-    start = common.restore(checkpoint, model, optimizers, loader, model.config) if checkpoint else 0
-    train_model = common.wrap_model(common.MixtureObjective(model), args.compile, d, device)
-    metrics = common.Metrics(out, resume_step=start if args.resume else None) if d.is_main else None
-
-    def evaluate() -> dict:
-        result = evaluate_world(model.world, data, device)
-        return {"val_mse": result["mse"], "val_mse_copy_state": result["mse_copy_state"],
-                "val_action_accuracy": result["action_accuracy"]}
-
-    status = common.train_loop(args, d, device, out, model, train_model, tokenizer, optimizers, loader, metrics, start,
-                               stage="world", evaluate=evaluate)
-    if d.is_main:
-        metrics.close()
-        if status == 0 and args.stop_after is None:
-            common.plot_metrics(out / common.METRICS_NAME, out / common.LOSS_PLOT_NAME, lines={"loss": "train loss"},
-                                points={"val_mse": "held-out mse", "val_mse_copy_state": "copy-state mse"})
-            common.write_summary(out, out / common.METRICS_NAME, device)
-            print(f"world: {args.steps} steps; checkpoint {out / common.CHECKPOINT_DIR}; "
-                  f"quatrix world eval --ckpt {out / common.CHECKPOINT_DIR} --data {args.data}")
-    return status

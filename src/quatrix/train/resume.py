@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints and exact resume (docs/design.md §4): OUT/checkpoint/ holds the
+"""Resume: crash-safe training checkpoints and exact continuation (docs/design.md §4): OUT/checkpoint/ holds the
 weights, config, tokenizer, trainer state (optimizers, step, data position, RNG streams,
 arguments) and a manifest, written last, that seals it; a new checkpoint is swapped in by
 two renames, so a kill at any instant leaves a loadable one."""
@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from quatrix.model import QuatrixLM
 from quatrix.io import WriteError, atomic_path, atomic_write_json, fsync_dir, is_full_disk, sha256_file
 from quatrix.precision import resolve_precision
+from quatrix.train.distributed import Dist
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.pt"
@@ -43,7 +45,7 @@ def save_checkpoint(out: Path, model, tokenizer, optimizers, step: int, loader_s
         tokenizer.save(tmp)
         with atomic_path(tmp / STATE_NAME) as path:
             torch.save(trainer_state(optimizers, step, loader_state, args), path)
-        atomic_write_json(tmp / MANIFEST_NAME, _manifest(tmp, step, args.get("precision_resolved")))
+        atomic_write_json(tmp / MANIFEST_NAME, _manifest(tmp, step, args.get("compute_precision")))
         fsync_dir(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,8 +206,6 @@ def _tuples(value):
 def restore(checkpoint: Path, model: torch.nn.Module, optimizers, loader, config) -> int:
     """Load a checkpoint's weights, optimizer and data state and RNG into this run; returns
     the step it was taken at. Refuses a checkpoint of another model configuration."""
-    from quatrix.model import QuatrixLM
-
     state = load_checkpoint_state(checkpoint)  # checks every file against the manifest first
     saved = QuatrixLM.from_pretrained(checkpoint)
     if saved.config != config:
@@ -220,3 +220,18 @@ def restore(checkpoint: Path, model: torch.nn.Module, optimizers, loader, config
     loader.load_state_dict(state["loader"])
     restore_rng(state["rng"])
     return int(state["step"])
+
+
+def resume_point(out: Path, d: Dist, stage: str) -> Path | None:
+    """The checkpoint a --resume run continues from (after repairing a swap a kill
+    interrupted), or None: a run killed before its first checkpoint restarts from step 0, as
+    the same run (the seed makes its first steps identical)."""
+    if d.is_main:
+        recover_checkpoint(out)
+    d.barrier()
+    checkpoint = out / CHECKPOINT_DIR
+    if checkpoint.is_dir():
+        return checkpoint
+    if d.is_main:
+        print(f"{stage}: --resume: {out} holds no checkpoint yet; starting from step 0", file=sys.stderr)
+    return None

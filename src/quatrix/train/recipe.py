@@ -9,7 +9,9 @@ A recipe names a preset and gives each stage its options:
   eval       perplexity_data, perplexity_batches, math_task, n, max_new_tokens, visual_qa, transcribe
   samples    text_prompt, chat_prompt, max_new_tokens
 
-Option names are the stages' own flags with underscores (`--batch-size` is batch_size);
+Option names are the fields of the stages' typed configs (PretrainConfig, SFTConfig,
+GRPOConfig), which are also their flags (`batch_size` is `--batch-size`), and each is
+checked by the same parse as the flag;
 `quatrix run berry --print-recipe` prints the resolved recipe, which can be copied, edited
 and passed back with `--recipe FILE`. The runner sets what links the stages (`out`,
 `init`, `tokenizer`, `preset`, `resume`), so a recipe may not. A bad field is refused with
@@ -18,18 +20,22 @@ its name before anything runs.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from quatrix.config import PRESETS
+from quatrix.train.grpo import GRPOConfig
+from quatrix.train.options import from_options, to_argv
+from quatrix.train.pretrain import PretrainConfig
+from quatrix.train.sft import SFTConfig
+
 STAGES = ("tokenizer", "pretrain", "sft", "grpo", "eval", "samples")
 TRAINING = ("pretrain", "sft", "grpo")
 TOP_LEVEL = {"name", "description", "preset", "needs_gpu", "expected_seconds", *STAGES}
-LINKS = {"out", "init", "tokenizer", "preset", "resume", "config", "stop_after"}  # the runner's to set
+LINKS = frozenset({"out", "init", "tokenizer", "preset", "resume", "config", "stop_after"})  # the runner's to set
+STAGE_CONFIGS = {"pretrain": PretrainConfig, "sft": SFTConfig, "grpo": GRPOConfig}
 EVAL_FIELDS = {"perplexity_data": list, "perplexity_batches": int, "math_task": str, "n": int, "max_new_tokens": int,
                "visual_qa": bool, "transcribe": (str, type(None))}
 SAMPLE_FIELDS = {"text_prompt": str, "chat_prompt": str, "max_new_tokens": int}
@@ -62,8 +68,6 @@ def load_recipe(preset: str | None = None, path: str | Path | None = None) -> di
 
 def validate(recipe: Any, where: str = "recipe") -> None:
     """Raise ValueError naming the first bad field."""
-    from quatrix.config import PRESETS
-
     if not isinstance(recipe, dict):
         raise ValueError(f"{where}: a recipe is a JSON object")
     unknown = sorted(set(recipe) - TOP_LEVEL)
@@ -106,44 +110,10 @@ def _type_name(kind) -> str:
 
 
 def _check_stage_options(stage: str, options: dict, where: str) -> None:
-    """Every option must be one of the stage's flags, and parse as that flag does."""
-    from quatrix.cli import build_parser
-
-    parser = _subparser(build_parser(), stage)
-    known = {a.dest for a in parser._actions if a.dest != "help"}
-    for key in options:
-        if key in LINKS:
-            raise ValueError(f"{where}: {stage}.{key}: set by the recipe runner, not the recipe")
-        if key not in known:
-            raise ValueError(f"{where}: {stage}.{key}: unknown field; `quatrix {stage}` has no --{key.replace('_', '-')}")
-    required = {"sft": ["--init", "X"], "grpo": ["--init", "X"]}.get(stage, [])
-    errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(errors):
-            parser.parse_args(stage_flags(options) + required)
-    except SystemExit:
-        message = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "invalid options"
-        raise ValueError(f"{where}: {stage}: {message.split('error: ', 1)[-1]}") from None
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[name]
+    """Every option must be a field of the stage's config, and parse as its flag does."""
+    from_options(STAGE_CONFIGS[stage], options, f"{where}: {stage}", reserved=LINKS)
 
 
 def stage_flags(options: dict[str, Any]) -> list[str]:
-    """{"batch_size": 16, "data": ["a", "b"], "savo": true} -> ["--batch-size", "16", "--data", "a",
-    "--data", "b", "--savo"]: lists repeat their flag, true is a bare flag, false and null are left out."""
-    argv: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, list):
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
-    return argv
+    """A stage's options as its command line (quatrix.train.options.to_argv)."""
+    return to_argv(options)
