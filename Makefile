@@ -38,6 +38,7 @@ test: $(STAMP)
 	    { apt-get install -y -qq chromium >/dev/null 2>&1 || \
 	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
 	  echo "note: no Chromium (apt-get install chromium): the web-chat browser test will be skipped"
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -25,8 +25,8 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 
 def correct(ckpt: str, task, items, max_new_tokens: int, batch: int) -> list[bool]:
-    from quatrix.eval.tasks import complete
-    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.tasks.sampling import complete
+    from quatrix.pretrained import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(ckpt)
     model.eval()

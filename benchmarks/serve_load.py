@@ -160,7 +160,7 @@ def parity(ckpt: Path, n: int, max_tokens: int, max_batch: int) -> dict:
     from quatrix.engine import Sampling, generate
     from quatrix.serve.app import scheduler_for
     from quatrix.serve.scheduler import Delta, Done, Request
-    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.pretrained import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(ckpt)
     ids = [render([{"role": "user", "content": t}], tokenizer, add_generation_prompt=True)[0] for t in prompts(n)]

@@ -15,7 +15,7 @@ import torch
 
 from quatrix.data.images import ImageTextSource
 from quatrix.data.pairs import PairLoader
-from quatrix.tokenizer import load_model_and_tokenizer
+from quatrix.pretrained import load_model_and_tokenizer
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ def main() -> None:
     from serve_helpers import running_server
 
     from quatrix.serve.app import create_app, scheduler_for
-    from quatrix.tokenizer import load_model_and_tokenizer
+    from quatrix.pretrained import load_model_and_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True)

@@ -32,12 +32,16 @@ class Modality:
     model_input: str  # the QuatrixLM.forward keyword: "pixel_values" / "mel_values"
     config_flag: str  # the QuatrixConfig switch: "use_vision" / "use_audio"
     encoder: str  # the QuatrixLM attribute holding the encoder: "vision" / "audio"
-    noun: str  # how errors call one: "an image" / "an audio clip"
+    noun: str  # how errors call one: "image" / "audio clip"
+
+    @property
+    def a_noun(self) -> str:
+        return f"{'an' if self.noun[0] in 'aeiou' else 'a'} {self.noun}"
 
 
 MODALITIES: dict[str, Modality] = {
-    "image": Modality("image", "pixel_values", "use_vision", "vision", "an image"),
-    "audio": Modality("audio", "mel_values", "use_audio", "audio", "an audio clip"),
+    "image": Modality("image", "pixel_values", "use_vision", "vision", "image"),
+    "audio": Modality("audio", "mel_values", "use_audio", "audio", "audio clip"),
 }
 
 

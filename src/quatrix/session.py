@@ -54,7 +54,7 @@ class ChatSession:
         """Send an image or clip (`name`, a key of quatrix.media.MODALITIES) with the next message."""
         encoder = modality(name).encoder
         if getattr(self.model, encoder) is None:
-            raise ValueError(f"this model has no {encoder} encoder, so it cannot take {modality(name).noun}")
+            raise ValueError(f"this model has no {encoder} encoder, so it cannot take {modality(name).a_noun}")
         self._check_free(name)
         self.pending[name] = load_media(name, path, self.model.config)
 

@@ -121,13 +121,13 @@ def test_stop_strings_are_cut_and_their_prefixes_held_back():
             return "".join(chr(i) for i in ids)
 
     request = Request([1], 50, Collect(), stop=("END",))
-    choice = _Choice(request, 0)
-    sent = [choice.feed(ord(c), Chars(), frozenset(), False) for c in "okE"]
+    choice = _Choice(request, 0, Chars(), frozenset())
+    sent = [choice.feed(ord(c), False) for c in "okE"]
     assert [d.text if d else None for d in sent] == ["o", "k", None]  # "E" might begin "END"
-    assert choice.feed(ord("x"), Chars(), frozenset(), False).text == "Ex"
-    choice.feed(ord("E"), Chars(), frozenset(), False)
-    choice.feed(ord("N"), Chars(), frozenset(), False)
-    last = choice.feed(ord("D"), Chars(), frozenset(), False)
+    assert choice.feed(ord("x"), False).text == "Ex"
+    choice.feed(ord("E"), False)
+    choice.feed(ord("N"), False)
+    last = choice.feed(ord("D"), False)
     assert (last.text, last.finish_reason, choice.finished) == ("", "stop", True)
 
 

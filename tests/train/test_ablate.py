@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quatrix.cli import main
-from quatrix.train import ablate
+from quatrix.train import ablate, ablate_stats
 from quatrix.tokenizer import train_tokenizer
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()
@@ -56,27 +56,27 @@ def test_matching_widens_each_variant_to_the_reference(match):
 
 
 def test_paired_statistics_by_hand():
-    result = ablate.paired([1.0, 1.2, 0.9], [0.8, 1.0, 0.85])  # differences 0.2, 0.2, 0.05
+    result = ablate_stats.paired([1.0, 1.2, 0.9], [0.8, 1.0, 0.85])  # differences 0.2, 0.2, 0.05
     assert result["mean"] == pytest.approx(0.15)
     assert result["std"] == pytest.approx(math.sqrt(0.0075))
     # t = 0.15 / (sqrt(0.0075) / sqrt(3)) = 3.0; with 2 degrees of freedom P(|T| > t) = 1 - t / sqrt(t^2 + 2)
     assert result["p_value"] == pytest.approx(1 - 3 / math.sqrt(11), rel=1e-6)
-    assert math.isnan(ablate.paired([1.0], [0.5])["p_value"])
+    assert math.isnan(ablate_stats.paired([1.0], [0.5])["p_value"])
 
 
 def test_tables_show_a_spread_only_when_there_is_one():
-    assert ablate.spread(4.9, 0.0126) == "4.9000 ± 0.0126"
-    assert ablate.spread(0.05, 0.01, sign="+") == "+0.0500 ± 0.0100"
-    assert ablate.spread(*ablate.mean_std([86.5]), digits=2) == "86.50"
+    assert ablate_stats.spread(4.9, 0.0126) == "4.9000 ± 0.0126"
+    assert ablate_stats.spread(0.05, 0.01, sign="+") == "+0.0500 ± 0.0100"
+    assert ablate_stats.spread(*ablate_stats.mean_std([86.5]), digits=2) == "86.50"
 
 
 def test_late_drop_measures_how_far_the_curve_still_falls():
     records = [{"step": 1, "loss": 9.0}] + [{"step": s, "val_loss": v} for s, v in
                                             [(25, 6.0), (50, 5.5), (75, 5.2), (80, 5.1), (100, 5.0)]]
-    assert ablate.late_drop(records) == pytest.approx(0.1)  # 80 is the last evaluation at or before 80% of 100
-    assert ablate.late_drop(records, fraction=0.5) == pytest.approx(0.5)
-    assert math.isnan(ablate.late_drop([{"step": 10, "val_loss": 5.0}]))
-    assert math.isnan(ablate.late_drop([{"step": 1, "loss": 9.0}]))
+    assert ablate_stats.late_drop(records) == pytest.approx(0.1)  # 80 is the last evaluation at or before 80% of 100
+    assert ablate_stats.late_drop(records, fraction=0.5) == pytest.approx(0.5)
+    assert math.isnan(ablate_stats.late_drop([{"step": 10, "val_loss": 5.0}]))
+    assert math.isnan(ablate_stats.late_drop([{"step": 1, "loss": 9.0}]))
 
 
 def test_gap_curve_pairs_seeds_at_shared_evaluations():
@@ -85,14 +85,14 @@ def test_gap_curve_pairs_seeds_at_shared_evaluations():
 
     variant = [run([(10, 5.0), (20, 4.0)], [(30, 3.5)]), run([(10, 5.2), (20, 4.4)])]
     reference = [run([(10, 4.9), (20, 3.9)]), run([(10, 5.0), (20, 4.0)], [(30, 3.0)])]
-    curve = ablate.gap_curve(variant, reference)  # step 30 is not shared by both seeds: dropped
+    curve = ablate_stats.gap_curve(variant, reference)  # step 30 is not shared by both seeds: dropped
     assert curve["steps"] == [10, 20]
     assert curve["mean"] == pytest.approx([0.15, 0.25])  # (0.1 + 0.2) / 2, (0.1 + 0.4) / 2
     assert curve["std"] == pytest.approx([math.sqrt(0.005), math.sqrt(0.045)])
-    assert ablate.gap_at(curve, 0.5) == pytest.approx((0.15, math.sqrt(0.005)))
-    assert ablate.gap_at(curve, 1.0) == pytest.approx((0.25, math.sqrt(0.045)))
-    assert all(math.isnan(x) for x in ablate.gap_at(curve, 0.25))  # no evaluation that early
-    one = ablate.gap_curve(variant[:1], reference[:1])
+    assert ablate_stats.gap_at(curve, 0.5) == pytest.approx((0.15, math.sqrt(0.005)))
+    assert ablate_stats.gap_at(curve, 1.0) == pytest.approx((0.25, math.sqrt(0.045)))
+    assert all(math.isnan(x) for x in ablate_stats.gap_at(curve, 0.25))  # no evaluation that early
+    one = ablate_stats.gap_curve(variant[:1], reference[:1])
     assert one["mean"] == pytest.approx([0.1, 0.1]) and all(math.isnan(x) for x in one["std"])
 
 
@@ -139,7 +139,7 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     # every run trains with the same recipe, warmup included (default: 10% of the steps, at least one)
     recipe = [json.loads((out / "runs" / n / "seed0" / "run_config.json").read_text())["args"] for n in ("qcompass", "mha")]
     assert recipe[0]["warmup"] == recipe[1]["warmup"] == 1 and recipe[0]["lr"] == recipe[1]["lr"]
-    assert recipe[0]["eval_batches"] == recipe[1]["eval_batches"] == ablate.PERIODIC_EVAL_BATCHES
+    assert recipe[0]["eval_batches"] == recipe[1]["eval_batches"] == ablate_stats.PERIODIC_EVAL_BATCHES
     # rerunning resumes: finished runs are not trained again
     stamp = (out / "runs" / "mha" / "seed1" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()

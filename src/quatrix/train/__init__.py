@@ -2,4 +2,4 @@
 (trainer.py) with typed options (options.py); the pieces they share live once: processes and
 threads (distributed.py), optimizers and schedule (optim.py), metrics and plots
 (metrics.py), crash-safe checkpoints and exact resume (resume.py), progress lines
-(progress.py). Stages never import each other, except SFT's `load_init` that GRPO reuses."""
+(progress.py). Stages never import each other (an import-linter contract)."""

@@ -36,8 +36,7 @@ from quatrix.train.metrics import plot_metrics, read_metrics
 from quatrix.train.optim import optimizer_step
 from quatrix.train import options
 from quatrix.train.options import RunConfig, default, option
-from quatrix.train.sft import load_init
-from quatrix.train.trainer import Trainer
+from quatrix.train.trainer import Trainer, load_init
 from quatrix.validation import float_in, int_at_least, nonnegative_float, positive_float, positive_int
 
 REWARD_PLOT_NAME = "reward.png"

@@ -22,10 +22,9 @@ from quatrix.data.sft import ConversationSource, SFTLoader, collate
 from quatrix.data.speech import parse_audio_spec
 from quatrix.engine import generate
 from quatrix.media import check_encoder
-from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
 from quatrix.train import options
 from quatrix.train.options import BatchConfig, default, option
-from quatrix.train.trainer import Trainer
+from quatrix.train.trainer import Trainer, load_init
 from quatrix.validation import int_at_least, nonnegative_int, positive_int
 
 
@@ -132,13 +131,6 @@ def source_weights(sources: list[str], spec: str | None) -> dict[str, float]:
     if any(not v >= 0 or v == float("inf") for v in values) or sum(values) <= 0:
         raise ValueError("--weights must be finite, non-negative and not all zero")
     return {s: v for s, v in zip(sources, values) if v > 0}
-
-
-def load_init(path: str, device: str):
-    """The starting model and its tokenizer, checked against each other."""
-    if not has_tokenizer(path):
-        raise FileNotFoundError(f"--init {path}: no tokenizer saved beside the model (use a training run's checkpoint)")
-    return load_model_and_tokenizer(path, map_location=device)  # refuses a tokenizer of another vocabulary
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from torch import Tensor
 from quatrix.io import atomic_write_json
 from quatrix.media import MODALITIES
 from quatrix.precision import autocast_context
+from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
 from quatrix.train import distributed
 from quatrix.train.metrics import LOSS_PLOT_NAME, METRICS_NAME, RUN_CONFIG_NAME, Metrics, plot_losses, read_metrics, \
     write_summary
@@ -278,3 +279,10 @@ def accumulate_gradients(train_model, loader, step: int, grad_accum: int, d: dis
             loss.backward()
         loss_sum += loss.detach()
     return source, loss_sum, tokens
+
+
+def load_init(path: str, device: str):
+    """The starting model and its tokenizer, checked against each other."""
+    if not has_tokenizer(path):
+        raise FileNotFoundError(f"--init {path}: no tokenizer saved beside the model (use a training run's checkpoint)")
+    return load_model_and_tokenizer(path, map_location=device)  # refuses a tokenizer of another vocabulary

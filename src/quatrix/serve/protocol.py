@@ -1,0 +1,193 @@
+"""The OpenAI API's shapes as `quatrix serve` speaks them: request bodies (pydantic models
+whose bounds are the real contract, so /openapi.json shows it), the error object, the
+response and chunk objects, and OpenAI messages (with image and audio content parts) turned
+into Quatrix chat messages and model inputs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quatrix.media import image_to_tensor, model_inputs, modality, read_audio
+from quatrix.serve.scheduler import Done
+
+MAX_STOP = 4
+
+
+# ---------------------------------------------------------------------- request bodies
+class _Body(BaseModel):
+    """Fields as OpenAI's; unknown ones are ignored (clients send many), known ones are
+    checked strictly (a string is not a number)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Field(ge=0)] = 0
+    n: Annotated[int, Field(ge=1, le=16)] = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, bool] | None = None
+
+
+class ImageURL(BaseModel):
+    url: str
+
+
+class InputAudio(BaseModel):
+    data: str  # base64 of the file's bytes
+    format: str = "wav"
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["text", "image_url", "input_audio"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+    input_audio: InputAudio | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: str
+    content: str | list[ContentPart]
+
+
+class ChatBody(_Body):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
+class CompletionBody(_Body):
+    prompt: str | list[str]
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers
+
+
+def error_response(error: APIError) -> JSONResponse:
+    body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.status}}
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def validation_message(error: ValidationError) -> tuple[str, str]:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"field '{where}': {first['msg']}", where
+
+
+# OpenAI content part type -> the modality it carries (quatrix.media.MODALITIES)
+_MEDIA_PARTS = {"image_url": "image", "input_audio": "audio"}
+
+
+def chat_messages(messages: list[Message], model) -> tuple[list[dict], dict]:
+    """OpenAI messages -> Quatrix messages (roles checked by check_messages) and the media.
+
+    "developer" is OpenAI's newer name for "system". Content parts: text is joined; an
+    image_url must be a base64 data URL and input_audio base64 file bytes (the server
+    fetches nothing). The model takes one image and one clip per conversation."""
+    out, media = [], {}
+    for i, message in enumerate(messages):
+        role = "system" if message.role == "developer" else message.role
+        if isinstance(message.content, str):
+            out.append({"role": role, "content": message.content})
+            continue
+        text = "".join(part.text or "" for part in message.content if part.type == "text")
+        entry = {"role": role, "content": text}
+        for part in message.content:
+            if part.type not in _MEDIA_PARTS:
+                continue
+            key = _MEDIA_PARTS[part.type]
+            kind, param = modality(key), f"messages.{i}.content"
+            if getattr(model, kind.encoder) is None:
+                raise APIError(400, f"this model has no {kind.encoder} encoder, so it cannot take {kind.a_noun}",
+                               param=param)
+            if key in media:
+                raise APIError(400, f"the model takes one {kind.noun} per conversation", param=param)
+            decode = _decode_image if key == "image" else _decode_audio
+            media[key] = decode(part, model.config, param)[None]
+            entry[key] = True
+        out.append(entry)
+    return out, model_inputs(media)
+
+
+def _decode_image(part: ContentPart, config, param: str):
+    from PIL import Image, UnidentifiedImageError
+
+    url = part.image_url.url if part.image_url is not None else ""
+    if not url.startswith("data:") or ";base64," not in url:
+        raise APIError(400, "image_url must be a base64 data URL (data:image/png;base64,...); the server fetches "
+                            "nothing from the network", param=param)
+    try:
+        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            return image_to_tensor(image, config.image_size)
+    except (binascii.Error, ValueError) as e:
+        raise APIError(400, f"image_url is not valid base64: {e}", param=param) from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise APIError(400, f"image_url does not hold a readable image: {e}", param=param) from None
+
+
+def _decode_audio(part: ContentPart, config, param: str):
+    """input_audio {"data": base64 bytes of a WAV/FLAC file, "format"} -> [T] at the model's rate."""
+    if part.input_audio is None:
+        raise APIError(400, "an input_audio part needs {'data': base64 file bytes, 'format': 'wav'}", param=param)
+    try:
+        raw = base64.b64decode(part.input_audio.data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise APIError(400, f"input_audio.data is not valid base64: {e}", param=param) from None
+    try:
+        return read_audio(io.BytesIO(raw), config.sample_rate, config.audio_max_seconds, name="input_audio")
+    except ValueError as e:
+        raise APIError(400, str(e), param=param) from None
+
+
+class ResponseShape:
+    """The OpenAI response and chunk objects of one request."""
+
+    def __init__(self, rid: str, kind: str, model: str):
+        self.rid, self.kind, self.model, self.created = rid, kind, model, int(time.time())
+
+    def _head(self, object_name: str) -> dict[str, Any]:
+        return {"id": self.rid, "object": object_name, "created": self.created, "model": self.model}
+
+    def whole(self, texts, reasons, done: Done) -> dict:
+        if self.kind == "chat":
+            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
+                       for i, (t, r) in enumerate(zip(texts, reasons))]
+            return {**self._head("chat.completion"), "choices": choices, "usage": usage(done)}
+        choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
+                   for i, (t, r) in enumerate(zip(texts, reasons))]
+        return {**self._head("text_completion"), "choices": choices, "usage": usage(done)}
+
+    def chunk(self, index: int, text: str, reason: str | None, first: bool = False) -> dict:
+        if self.kind == "chat":
+            delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+            choice = {"index": index, "delta": delta, "finish_reason": reason}
+            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        return {**self._head("text_completion"),
+                "choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": None}]}
+
+    def usage_chunk(self, done: Done) -> dict:
+        name = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        return {**self._head(name), "choices": [], "usage": usage(done)}
+
+
+def usage(done: Done) -> dict:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
