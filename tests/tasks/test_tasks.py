@@ -1,29 +1,7 @@
 import pytest
-import torch
 
-from quatrix.tasks import HELD_OUT_EVERY, load_task, parse_task_spec, task_from_spec, task_names
+from quatrix.tasks import HELD_OUT_EVERY, load_task, parse_task_spec, task_from_spec
 from quatrix.tasks.base import held_out
-
-
-def test_every_reasoning_gym_task_is_listed_by_its_own_name():
-    import reasoning_gym
-
-    names = task_names()
-    assert set(reasoning_gym.factory.DATASETS) <= set(names) and "visual_qa" in names
-    assert len(names) > 100
-
-
-@pytest.mark.parametrize("name", ["chain_sum", "basic_arithmetic", "gsm_symbolic", "spell_backward", "word_sorting"])
-def test_a_task_item_is_scored_by_its_own_checker(name):
-    task = load_task(name, seed=3)
-    item, after = task.train_item(0)
-    assert after >= 1 and not held_out(item.key)
-    assert task.score(item.answer, item) == 1.0
-    assert task.score("certainly not the answer", item) < 1.0
-    assert task.score(None, item) == 0.0 and task.score("  ", item) == 0.0
-    messages = task.prompt(item)
-    assert [m["role"] for m in messages] == ["system", "user"] and "<answer>" in messages[0]["content"]
-    assert task.target(item).endswith(f"<answer>{item.answer}</answer>")
 
 
 def test_train_and_held_out_items_never_share_a_question():
@@ -63,13 +41,6 @@ def test_the_split_hash_is_stable_and_holds_out_about_one_in_eight():
     assert held_out("question 7") == held_out("question 7")
 
 
-def test_gsm_symbolic_carries_its_worked_solution_without_the_answer_line():
-    task = load_task("gsm_symbolic")
-    item, _ = task.train_item(0)
-    target = task.target(item)
-    assert item.solution and "####" not in target and target.startswith("<think>") and len(item.solution) > 40
-
-
 def test_bad_task_names_and_options_say_what_is_wrong():
     with pytest.raises(ValueError, match="did you mean chain_sum"):
         load_task("chain_summ")
@@ -84,18 +55,6 @@ def test_bad_task_names_and_options_say_what_is_wrong():
 def test_task_specs_read_json_values():
     assert parse_task_spec("chain_sum:max_terms=3, allow_negation=true,x=abc") == (
         "chain_sum", {"max_terms": 3, "allow_negation": True, "x": "abc"})
-
-
-def test_visual_qa_items_carry_an_image_and_an_exact_answer():
-    task = load_task("visual_qa", image_size=32)
-    items = task.eval_items(60)
-    assert {i.kind for i in items} == {"count", "colour", "shape", "exists", "position"}
-    for item in items:
-        assert item.image.shape == (3, 32, 32) and item.image.dtype == torch.float32
-        assert task.score(item.answer.upper() + ".", item) == 1.0 and task.score("maybe", item) == 0.0
-        assert task.prompt(item)[1]["image"] is item.image
-    with pytest.raises(ValueError, match="unknown question kind"):
-        load_task("visual_qa", kinds=["size"])
 
 
 def test_asking_for_more_held_out_questions_than_exist_fails_clearly():
