@@ -137,7 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         meta = f.metadata
         target = parser
         if meta.get("group"):
-            target = groups.setdefault(meta["group"], parser.add_mutually_exclusive_group())
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+            target = groups[meta["group"]]
         kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if meta.get("hidden") else meta.get("help") or None}
         kind = _kind(f)
         if kind == "bool":
