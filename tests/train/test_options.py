@@ -27,7 +27,8 @@ def test_every_field_is_one_flag_with_its_default(config_cls):
     known = [a for i in range(0, len(required), 2) for a in required[i:i + 2] if required[i][2:] in flags]
     config = from_namespace(config_cls, parser.parse_args(known))
     defaults = config_cls(**{k: v for k, v in dataclasses.asdict(config).items() if k in {"init", "task", "data"}})
-    assert dataclasses.asdict(config) == dataclasses.asdict(defaults)
+    assert config.to_dict() == defaults.to_dict()
+    assert set(config.explicit) == {"init", "task", "data"} & set(flags)  # given, so never adapted
 
 
 def test_options_round_trip_through_the_command_line():
@@ -35,7 +36,7 @@ def test_options_round_trip_through_the_command_line():
     parser = argparse.ArgumentParser()
     add_arguments(parser, PretrainConfig)
     from_argv = from_namespace(PretrainConfig, parser.parse_args(to_argv(options)))
-    assert from_argv == from_options(PretrainConfig, options, "test")
+    assert from_argv.to_dict() == from_options(PretrainConfig, options, "test").to_dict()
     assert from_argv.data == ["a.txt", "b.txt"] and from_argv.savo and from_argv.steps == 7
 
 
@@ -71,6 +72,13 @@ def test_config_file_and_stop_after_are_the_same_for_every_stage(tmp_path):
         parse_args(["world", "train", "--data", "d", "--stop-after", "0"])  # the same check everywhere
 
 
-def test_a_short_run_with_a_long_default_warmup_says_why_it_stops(capsys):
+def test_a_default_warmup_adapts_to_a_short_run_and_a_given_one_is_refused(capsys):
+    config = from_options(PretrainConfig, {"steps": 6}, "test")
+    config.check()
+    assert config.warmup == 0 and "--warmup 20 (the default) is more than a tenth of --steps 6; using 0" in \
+        capsys.readouterr().err
+    config = from_options(PretrainConfig, {"steps": 100}, "test")
+    config.check()
+    assert config.warmup == 10
     assert main(["pretrain", "--steps", "6", "--warmup", "20", "--out", "/nonexistent/x"]) == 2
     assert "--warmup 20 is longer than the run (--steps 6)" in capsys.readouterr().err

@@ -136,10 +136,13 @@ class ConversationSource:
                 raise ValueError(f"{spec}: either every conversation carries {key} or none does")
         self.train, self.val, self.skipped = train, val, skipped
 
-    def validation(self, n: int) -> list[Example]:
+    def validation(self, n: int, at_most: bool = False) -> list[Example]:
+        """Up to n held-out conversations; a task with fewer held-out questions raises, or
+        with `at_most` gives all it has."""
         if self.task is None:
             return self.val[:n]
-        examples = [render_example(self.task.conversation(item), self.tokenizer) for item in self.task.eval_items(n)]
+        examples = [render_example(self.task.conversation(item), self.tokenizer)
+                    for item in self.task.eval_items(n, at_most)]
         return [e for e in examples if len(e.ids) <= self.seq_len]
 
 

@@ -82,17 +82,19 @@ def baselines(model, tokenizer, task, items, *, batch_size: int, max_new_tokens:
 @torch.no_grad()
 def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_new_tokens: int = 64,
                   pass_k: int | None = None, samples: int | None = None, temperature: float = 1.0,
-                  seed: int = 0, with_baselines: bool = False) -> dict:
+                  seed: int = 0, with_baselines: bool = False, at_most: bool = False) -> dict:
     """Greedy accuracy (full credit from the task's checker) on the first n held-out items,
     its 95% Wilson interval, format rate, mean completion length in tokens, accuracy per
     question kind where the task has kinds; with pass_k, pass@k from `samples` (default k)
-    samples per item at `temperature`; with_baselines, the `baselines` beside it."""
-    items = task.eval_items(n)
+    samples per item at `temperature`; with_baselines, the `baselines` beside it. With
+    `at_most`, a task with fewer than n held-out questions is scored on all it has."""
+    items = task.eval_items(n, at_most)
     scored: list[Scored] = []
     texts: list[str] = []
     lengths: list[int] = []
     passes: list[float] = []
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    n = len(items)
     for start in range(0, n, batch_size):
         chunk = items[start : start + batch_size]
         out = complete(model, tokenizer, task, chunk, max_new_tokens=max_new_tokens)

@@ -72,8 +72,9 @@ def spread(mean: float, std: float, digits: int = 4, sign: str = "") -> str:
 
 
 def warmup_steps(args) -> int:
-    """--warmup, or 10% of the steps (at least one) when not given: the same for every run."""
-    return args.warmup if args.warmup is not None else max(1, args.steps // 10)
+    """--warmup, or 10% of the steps when not given (at least one, and none in a one-step
+    run): the same for every run."""
+    return args.warmup if args.warmup is not None else min(max(1, args.steps // 10), args.steps - 1)
 
 
 # ---------------------------------------------------------------------- the report

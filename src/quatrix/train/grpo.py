@@ -121,7 +121,7 @@ class GRPOTrainer(Trainer):
 
     def evaluate(self) -> dict:
         result = evaluate_task(self.model, self.tokenizer, self.task, self.config.eval_n,
-                               max_new_tokens=self.config.max_new_tokens)
+                               max_new_tokens=self.config.max_new_tokens, at_most=not self.config.given("eval_n"))
         return {"eval_accuracy": result["accuracy"], "eval_format_rate": result["format_rate"]}
 
     def report(self) -> None:

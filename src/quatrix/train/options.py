@@ -82,13 +82,32 @@ class RunConfig:
     # resolved at set-up, never a flag: the precision this run trains and validates in (a
     # resumed run keeps the one it began with)
     compute_precision: str | None = option(None, cli=False)
+    # the options the user gave (flags, --config, a recipe): only these are ever refused;
+    # a default that conflicts with them adapts instead (`adapt`)
+    explicit: tuple[str, ...] = option((), cli=False)
+
+    def given(self, name: str) -> bool:
+        return name in self.explicit
+
+    def adapt(self, name: str, value: Any, why: str) -> None:
+        """Change a default the user did not give, and say so once."""
+        print(f"note: {flag_name(name)} {getattr(self, name)} (the default) {why}; using {value}", file=sys.stderr)
+        setattr(self, name, value)
 
     def check(self) -> None:
-        """What the flag types cannot see alone (they already refuse 0, negative and NaN values)."""
+        """What the flag types cannot see alone (they already refuse 0, negative and NaN values).
+        A default warmup is at most a tenth of a short run; one the user gave is refused if
+        it is longer than the run."""
+        if self.warmup > self.steps // 10 and not self.given("warmup"):
+            self.adapt("warmup", self.steps // 10, f"is more than a tenth of --steps {self.steps}")
         if self.warmup > self.steps:
             raise ValueError(f"--warmup {self.warmup} is longer than the run (--steps {self.steps})")
         if self.resume and not Path(self.out).is_dir():
             raise FileNotFoundError(f"--resume: no run to continue at {self.out}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option as the run used it (what run_config.json and checkpoints record)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "explicit"}
 
 
 @dataclass
@@ -140,14 +159,15 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             if meta["group"] not in groups:
                 groups[meta["group"]] = parser.add_mutually_exclusive_group()
             target = groups[meta["group"]]
-        kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if meta.get("hidden") else meta.get("help") or None}
+        # defaults stay out of the namespace (SUPPRESS), so that a config knows which options were given
+        kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if meta.get("hidden") else _help(f),
+                                  "default": argparse.SUPPRESS}
         kind = _kind(f)
         if kind == "bool":
             kwargs["action"] = "store_true"
         else:
-            kwargs["default"] = _default(f)
             if kind == "list":
-                kwargs.update(action="append", default=None)
+                kwargs["action"] = "append"
             if meta.get("parse"):
                 kwargs["type"] = meta["parse"]
             if meta.get("choices"):
@@ -157,15 +177,19 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         target.add_argument(flag_name(f.name), **kwargs)
 
 
+def _help(f: dataclasses.Field) -> str:
+    text, default = f.metadata.get("help") or "", _default(f)
+    if _kind(f) == "bool" or default is None or default == []:
+        return text
+    return f"{text} (default: {default})" if text else f"default: {default}"
+
+
 def from_namespace(config_cls, args: argparse.Namespace):
-    """The stage's config from parsed flags (a repeatable flag never given is its default)."""
-    values = {}
-    for f in cli_fields(config_cls):
-        value = getattr(args, f.name)
-        if _kind(f) == "list":
-            value = list(value) if value is not None else _default(f)
-        values[f.name] = value
-    return config_cls(**values)
+    """The stage's config from parsed flags; an option not given takes its default and is not
+    `explicit`."""
+    values = {f.name: getattr(args, f.name) for f in cli_fields(config_cls) if hasattr(args, f.name)}
+    values = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
+    return config_cls(**values, explicit=tuple(sorted(values)))
 
 
 def from_options(config_cls, options: dict[str, Any], where: str, reserved: frozenset[str] = frozenset()):
@@ -182,7 +206,7 @@ def from_options(config_cls, options: dict[str, Any], where: str, reserved: froz
     for name, f in known.items():
         if f.metadata.get("required") and values.get(name) is None and name not in reserved:
             raise ValueError(f"{where}: {flag_name(name)} is required")
-    return config_cls(**values)
+    return config_cls(**values, explicit=tuple(sorted(values)))
 
 
 def _checked(f: dataclasses.Field, value: Any, where: str) -> Any:
@@ -245,9 +269,21 @@ def apply_config_file(parser: argparse.ArgumentParser, subparser: argparse.Argum
         parser.error(f"{path}: not valid JSON ({e})")
     if not isinstance(options, dict):
         parser.error(f"{path}: expected a JSON object of options")
-    known = vars(args)
+    known = _dests(subparser)
     unknown = sorted(k for k in options if k.replace("-", "_") not in known)
     if unknown:
         parser.error(f"{path}: unknown option(s) {', '.join(unknown)}")
     subparser.set_defaults(**{k.replace("-", "_"): v for k, v in options.items()})
     return parser.parse_args(argv)
+
+
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option a parser (and its subcommands) takes."""
+    dests = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                dests |= _dests(sub)
+        elif action.dest != "help":
+            dests.add(action.dest)
+    return dests

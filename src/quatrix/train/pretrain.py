@@ -146,6 +146,8 @@ def build_config(options: PretrainConfig, vocab_size: int, weights: dict[str, fl
         overrides.update(use_world_model=True, world_image_size=world.manifest["image_size"],
                          world_num_actions=world.num_actions)
     config = preset(options.preset, **overrides)
+    if options.seq_len > config.max_seq_len and not options.given("seq_len"):
+        options.adapt("seq_len", config.max_seq_len, f"is longer than the preset's max_seq_len {config.max_seq_len}")
     if options.seq_len > config.max_seq_len:
         raise ValueError(f"--seq-len {options.seq_len} exceeds the preset's max_seq_len {config.max_seq_len}")
     return config

@@ -69,6 +69,9 @@ class SFTTrainer(Trainer):
         config = self.config
         self.model, self.tokenizer = load_init(config.init, self.device)
         model_config = self.model.config
+        if config.seq_len > model_config.max_seq_len and not config.given("seq_len"):
+            config.adapt("seq_len", model_config.max_seq_len,
+                         f"is longer than the model's max_seq_len {model_config.max_seq_len}")
         if config.seq_len > model_config.max_seq_len:
             raise ValueError(f"--seq-len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}")
         self.conversations = {spec: ConversationSource(spec, self.tokenizer, config.seq_len, config.seed, log=self.log,
@@ -81,7 +84,13 @@ class SFTTrainer(Trainer):
                                         self.d.rank, self.d.world_size) for spec, s in self.conversations.items()}
         self.loader = Mixture(self.loaders, self.weights, config.seed)
         self.sources = set().union(*media.values())
-        self.validation = [e for s in self.conversations.values() for e in s.validation(config.eval_n)]
+        self.validation = []
+        for spec, source in self.conversations.items():
+            held_out = source.validation(config.eval_n, at_most=not config.given("eval_n"))
+            if source.task is not None and len(held_out) < config.eval_n:
+                self.log(f"note: --eval-n {config.eval_n} (the default): {spec} has {len(held_out)} held-out "
+                         f"conversations that fit; validating on those")
+            self.validation += held_out
 
     def find_unused_parameters(self) -> bool:
         return bool(self.sources) and len(self.weights) > 1

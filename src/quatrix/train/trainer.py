@@ -19,7 +19,6 @@ Validation runs in eval mode, without gradients, under the same autocast as trai
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 import time
@@ -150,7 +149,7 @@ class Trainer:
 
     def write_run_config(self) -> None:
         """OUT/run_config.json: every option as resolved, the model, the tokenizer, the numerics."""
-        resolved = {"args": dataclasses.asdict(self.config), "model": self.model.config.to_dict(),
+        resolved = {"args": self.config.to_dict(), "model": self.model.config.to_dict(),
                     "world_size": self.d.world_size,
                     "tokenizer": {"kind": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size},
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -185,7 +184,7 @@ class Trainer:
             if due(done, config.save_every, config.steps):
                 if self.is_main:
                     save_checkpoint(self.out, self.model, self.tokenizer, self.optimizers, done,
-                                    self.loader.state_dict(), dataclasses.asdict(config))
+                                    self.loader.state_dict(), config.to_dict())
                 last_saved = done
                 self.d.barrier()
         progress.close()
