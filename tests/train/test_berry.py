@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -32,9 +34,25 @@ def run_micro(tmp_path, name, *extra):
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
+    """The micro recipe as `make run > log 2>&1` runs it: a child process, output to a file."""
     root = tmp_path_factory.mktemp("berry")
-    assert run_micro(root, "straight") == 0
+    (root / "micro.json").write_text(json.dumps(micro_recipe()))
+    with open(root / "log.txt", "w") as log:
+        result = subprocess.run([sys.executable, "-m", "quatrix.cli", "run", "berry", "--recipe", str(root / "micro.json"),
+                                 "--out", str(root / "straight")], stdout=log, stderr=subprocess.STDOUT, timeout=900)
+    assert result.returncode == 0, (root / "log.txt").read_text()[-3000:]
     return root
+
+
+def test_a_log_file_reads_well(micro_run):
+    """No carriage-return redraws, a line per ~5% of each stage, and each stage's end line
+    with the training loss as the report shows it."""
+    log = (micro_run / "log.txt").read_text()
+    assert "\r" not in log
+    assert len(log.splitlines()) < 150, log
+    assert re.search(r"pretrain: 6 steps, training loss audio [0-9.]+, image [0-9.]+, text [0-9.]+ \(last 5% of "
+                     r"steps, per source\), validation loss [0-9.]+", log), log
+    assert "pretrain: 6/6 steps loss" in log and "synthesizing spoken-digits: 16/16 clips" in log
 
 
 def test_every_stage_runs_and_the_report_has_every_section(micro_run, capsys):

@@ -88,3 +88,23 @@ def test_the_trainer_validates_in_eval_mode_without_gradients_under_the_runs_aut
         assert (tmp_path / precision / "checkpoint" / "manifest.json").is_file()
         saved = json.loads((tmp_path / precision / "run_config.json").read_text())
         assert saved["precision"] == precision and saved["args"]["steps"] == 3
+
+
+def test_the_end_of_stage_line_shows_each_sources_smoothed_loss_as_the_report_does(tmp_path):
+    from quatrix.train.options import BatchConfig
+    from quatrix.train.report import ends
+
+    records = []
+    for step in range(1, 41):
+        source = "text" if step % 2 else "image"
+        loss = (5.0 if source == "text" else 0.25) + step / 1000
+        records.append({"step": step, "loss": loss, "source": source, f"{source}_loss": loss})
+    records[-1].update(val_loss=4.5, val_perplexity=90.0)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    stage = trainer.Trainer(BatchConfig(steps=40, out=str(tmp_path)))
+    stage.stage = "pretrain"
+    line = stage.summary_line()
+    # 20 steps per source: the last 5% is one step of each, its last one
+    assert "training loss image 0.290, text 5.039 (last 5% of steps, per source)" in line
+    assert "validation loss 4.500 (perplexity 90.0)" in line
+    assert f"{ends(records, 'loss')[1]:.3f}" == "5.039"  # the report's text loss is the same number

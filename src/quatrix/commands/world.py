@@ -9,6 +9,7 @@ import json
 from quatrix.data.world import WorldData, collect
 from quatrix.eval.world import evaluate_world
 from quatrix.model import QuatrixLM
+from quatrix.progress import Progress
 from quatrix.train import world as world_stage
 from quatrix.validation import int_at_least, nonnegative_int, positive_int
 
@@ -38,12 +39,10 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.ckpt} has no world model (train one with `quatrix world train`)")
         print(json.dumps(evaluate_world(model.world, WorldData(args.data)), indent=2))
         return 0
-    from tqdm import tqdm
-
-    with tqdm(total=args.episodes, desc="collect", unit="episode") as bar:
-        manifest = collect(args.env, args.episodes, args.out, seed=args.seed, policy=args.policy,
-                           image_size=args.image_size, max_steps=args.max_steps,
-                           progress=lambda done: bar.update(done - bar.n))
+    progress = Progress("collect", 0, args.episodes, unit="episodes")
+    manifest = collect(args.env, args.episodes, args.out, seed=args.seed, policy=args.policy,
+                       image_size=args.image_size, max_steps=args.max_steps, progress=progress.update)
+    progress.close()
     print(f"{args.env}: {manifest['episodes']} episodes, {manifest['transitions']:,} transitions in "
           f"{len(manifest['shards'])} shard(s) -> {args.out}")
     return 0

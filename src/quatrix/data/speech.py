@@ -42,6 +42,7 @@ from torch import Tensor
 
 from quatrix.data.pairs import read_pairs
 from quatrix.media import SAMPLE_RATE, pad_waves, read_audio, resample
+from quatrix.progress import Progress
 from quatrix.specs import parse_spec
 
 CORPORA = ("spoken-digits", "spoken-numbers", "spoken-sentences")
@@ -221,8 +222,6 @@ def speech_corpus(corpus: str, n: int, seed: int, cache_dir: str | Path, split: 
     """The first n clips of a built-in corpus, synthesized once and cached in one .npz
     (int16 samples end to end, their offsets, transcripts and voices); later runs read the
     cache. Returns {"waves": int16 [sum T], "offsets": [n + 1], "texts", "voices"}."""
-    from tqdm import tqdm
-
     from quatrix.io import atomic_path
 
     key = json.dumps([corpus, n, seed, split, sample_rate, sorted(options.items()), CACHE_VERSION])
@@ -234,8 +233,12 @@ def speech_corpus(corpus: str, n: int, seed: int, cache_dir: str | Path, split: 
                         "voices": list(f["voices"])}
         except (OSError, ValueError, KeyError):
             path.unlink()  # a damaged cache is made again
-    clips = [synthesize_clip(corpus, seed, split, i, sample_rate, **options)
-             for i in tqdm(range(n), desc=f"synthesizing {corpus}", leave=False)]
+    progress = Progress(f"synthesizing {corpus}", 0, n, unit="clips")
+    clips = []
+    for i in range(n):
+        clips.append(synthesize_clip(corpus, seed, split, i, sample_rate, **options))
+        progress.update(i + 1)
+    progress.close()
     waves = np.concatenate([np.round(c.wave.numpy().clip(-1, 1) * 32767).astype(np.int16) for c in clips])
     offsets = np.cumsum([0] + [c.wave.numel() for c in clips])
     data = {"waves": waves, "offsets": offsets, "texts": np.array([c.text for c in clips]),

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from quatrix.io import atomic_write_json
+from quatrix.progress import LOG_FORMATS
 from quatrix.train.report import evaluate_run, sample_run, summary_table, write_report
 from quatrix.train.recipe import STAGES, TRAINING, load_recipe, recipe_names, stage_flags
 
@@ -40,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per training stage, through torchrun")
     p.add_argument("--force", action="store_true", help="run a GPU recipe on a CPU anyway")
+    p.add_argument("--quiet", action="store_true", help="no progress lines from the stages")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                   help="the stages' progress lines as text or JSON objects (default: text)")
     p.add_argument("--interrupt", metavar="STAGE:STEP", help=argparse.SUPPRESS)  # tests: die inside a stage
 
 
@@ -51,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
     check_hardware(recipe, args.force)
+    if args.quiet or args.log_format:  # the stages and the data they make read it (quatrix.progress)
+        os.environ["QUATRIX_LOG"] = "quiet" if args.quiet else args.log_format
     out = Path(args.out or f"runs/berry-{recipe['preset']}")
     claim_directory(out, recipe)
     done = read_done(out)

@@ -69,6 +69,29 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def window(n: int) -> int:
+    """Steps averaged at each end of a run: 5% of them, at least one (one step is noise)."""
+    return max(1, n // 20)
+
+
+def smoothed(records: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    """Mean of `key` over the first and over the last 5% of the records that have it."""
+    import statistics
+
+    values = [r[key] for r in records if key in r]
+    k = window(len(values))
+    return statistics.fmean(values[:k]), statistics.fmean(values[-k:])
+
+
+def source_losses(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Each source's training loss at the end of a run (`smoothed`, over that source's own
+    steps); a run of one source gives {"": loss}. What the end-of-stage line and the report show."""
+    sources = sorted({r["source"] for r in records if f"{r.get('source')}_loss" in r})
+    if not sources:
+        return {"": smoothed(records, "loss")[1]}
+    return {s: smoothed(records, f"{s}_loss")[1] for s in sources}
+
+
 def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
     """OUT/summary.json: final losses, tokens fed, median training throughput and peak memory of the run."""
     import statistics

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from quatrix.precision import PRECISIONS
+from quatrix.progress import LOG_FORMATS, log_mode
 from quatrix.validation import float_in, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
@@ -78,6 +79,9 @@ class RunConfig:
                                  "AMX or AVX-512-BF16), else fp32")
     compile: bool = option(False, help="torch.compile the model")
     grad_checkpointing: bool = option(False, help="recompute each block's activations in backward")
+    quiet: bool = option(False, help="no progress lines (the end-of-stage line and errors still print)")
+    log_format: str = option("text", choices=LOG_FORMATS,
+                             help="progress lines as text or as JSON objects (for scripts); also QUATRIX_LOG=json")
     stop_after: int | None = option(None, parse=positive_int, hidden=True)  # tests: die here, as if killed
     # resolved at set-up, never a flag: the precision this run trains and validates in (a
     # resumed run keeps the one it began with)
@@ -104,6 +108,12 @@ class RunConfig:
             raise ValueError(f"--warmup {self.warmup} is longer than the run (--steps {self.steps})")
         if self.resume and not Path(self.out).is_dir():
             raise FileNotFoundError(f"--resume: no run to continue at {self.out}")
+
+    def progress_mode(self) -> str:
+        """"quiet", "text" or "json": the flags where given, else QUATRIX_LOG (set by `quatrix run`)."""
+        if self.quiet:
+            return "quiet"
+        return self.log_format if self.given("log_format") else log_mode()
 
     def to_dict(self) -> dict[str, Any]:
         """Every option as the run used it (what run_config.json and checkpoints record)."""

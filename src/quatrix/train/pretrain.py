@@ -108,10 +108,7 @@ class PretrainTrainer(Trainer):
     def report(self) -> None:
         """Loss plot, summary.json, a one-line result and a sample from the model."""
         super().report()
-        last = self.last_record()
-        print(f"pretrain: {self.config.steps} steps, train loss {last['loss']:.3f}, val loss "
-              f"{last.get('val_loss', float('nan')):.3f} (perplexity {last.get('val_perplexity', float('nan')):.1f}); "
-              f"checkpoint {self.out / 'checkpoint'}")
+        print(self.summary_line())
         if self.config.sample_tokens:
             print_sample(self.model, self.tokenizer, self.val_tokens, self.config.sample_tokens, self.config.seed)
 

@@ -18,6 +18,7 @@ import torch
 
 from quatrix.engine import generate
 from quatrix.io import atomic_write_json, atomic_write_text
+from quatrix.train.metrics import smoothed
 
 TRAINED = ("pretrain", "sft", "grpo")
 
@@ -149,9 +150,8 @@ def ends(metrics: list[dict], key: str) -> tuple[float, float]:
     each): one step is noise. In a mixture with text, text steps only: every source has its
     own loss scale, and the text one is comparable across stages."""
     if any("text_loss" in r for r in metrics):
-        metrics, key = [r for r in metrics if "text_loss" in r], "text_loss"
-    k = max(1, len(metrics) // 20)
-    return (statistics.fmean(r[key] for r in metrics[:k]), statistics.fmean(r[key] for r in metrics[-k:]))
+        key = "text_loss"
+    return smoothed(metrics, key)
 
 
 def _f(value, digits: int = 3) -> str:

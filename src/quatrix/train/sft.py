@@ -104,9 +104,7 @@ class SFTTrainer(Trainer):
 
     def report(self) -> None:
         super().report()
-        last = self.last_record()
-        print(f"sft: {self.config.steps} steps, train loss {last['loss']:.3f}, val loss "
-              f"{last.get('val_loss', float('nan')):.3f}; checkpoint {self.out / 'checkpoint'}")
+        print(self.summary_line())
         if self.config.sample_tokens:
             print_sample(self.model, self.tokenizer, next(iter(self.conversations.values())),
                          self.config.sample_tokens)

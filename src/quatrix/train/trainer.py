@@ -33,11 +33,11 @@ from quatrix.media import MODALITIES
 from quatrix.precision import autocast_context
 from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
 from quatrix.train import distributed
-from quatrix.train.metrics import LOSS_PLOT_NAME, METRICS_NAME, RUN_CONFIG_NAME, Metrics, plot_losses, read_metrics, \
-    write_summary
+from quatrix.train.metrics import (LOSS_PLOT_NAME, METRICS_NAME, RUN_CONFIG_NAME, Metrics, plot_losses, read_metrics,
+                                   source_losses, write_summary)
 from quatrix.train.optim import build_optimizers, lr_factor, optimizer_step, set_lr
 from quatrix.train.options import RunConfig
-from quatrix.train.progress import Progress
+from quatrix.progress import Progress
 from quatrix.train.resume import CHECKPOINT_DIR, checkpoint_numerics, restore, resume_point, resume_precision, \
     save_checkpoint
 
@@ -160,7 +160,7 @@ class Trainer:
         """Steps start+1 .. --steps: train, log, validate, checkpoint. 0 when done, 1 when the
         loss or the gradients went non-finite (the last good checkpoint is kept)."""
         config = self.config
-        progress = Progress(self.stage, start, config.steps, enabled=self.is_main)
+        progress = Progress(self.stage, start, config.steps, enabled=self.is_main, mode=config.progress_mode())
         last_saved = start
         for step in range(start, config.steps):
             lr = set_lr(self.optimizers, lr_factor(step, config.warmup, config.steps, config.final_lr))
@@ -219,13 +219,21 @@ class Trainer:
             record[f"{source}_loss"] = loss_value
         return record
 
-    def summary_line(self, **fields: float) -> str:
-        """`STAGE: N steps, name value, ...; checkpoint OUT/checkpoint`."""
-        shown = ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in fields.items())
-        return f"{self.stage}: {self.config.steps} steps, {shown}; checkpoint {self.out / CHECKPOINT_DIR}"
-
-    def last_record(self) -> dict[str, Any]:
-        return read_metrics(self.metrics_path)[-1]
+    def summary_line(self) -> str:
+        """The end-of-stage line: the training loss as the report shows it (the mean over the
+        last 5% of steps, per source in a mixture: one step's loss is one batch's, of one
+        source) and the last validation record."""
+        records = read_metrics(self.metrics_path)
+        losses = source_losses(records)
+        train = ", ".join(f"{s} {v:.3f}" if s else f"{v:.3f}" for s, v in losses.items())
+        line = f"{self.stage}: {self.config.steps} steps, training loss {train} (last 5% of steps"
+        line += ", per source)" if len(losses) > 1 else ")"
+        val = [r for r in records if "val_loss" in r]
+        if val:
+            line += f", validation loss {val[-1]['val_loss']:.3f}"
+            if "val_perplexity" in val[-1]:
+                line += f" (perplexity {val[-1]['val_perplexity']:.1f})"
+        return line + f"; checkpoint {self.out / CHECKPOINT_DIR}"
 
 
 def due(step: int, every: int, total: int) -> bool:

@@ -1,6 +1,6 @@
 import io
 
-from quatrix.train.progress import Progress
+from quatrix.progress import Progress
 
 
 class Terminal(io.StringIO):
@@ -16,7 +16,7 @@ def test_a_log_file_gets_one_line_per_twentieth_of_the_run_not_redraws():
     progress.close()
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue() and 20 <= len(lines) <= 21
-    assert lines[-1].startswith("pretrain: step 1000/1000 loss 2.500 tok/s 100")
+    assert lines[-1].startswith("pretrain: 1000/1000 steps loss 2.500 tok/s 100")
 
 
 def test_a_terminal_gets_a_bar_and_other_ranks_nothing():
