@@ -26,6 +26,8 @@ class QuatrixBlock(nn.Module):
 
     The sequence mixer is always `block.mixer`, whatever its type. `ffn` keeps the
     original package's layout (Linear, GELU, Dropout, Linear, Dropout) so its keys map 1:1.
+    With ffn_ratio=0 it is the identity, as in Zoology's recall studies, whose blocks then
+    add the normed stream itself: x + LN(x).
     """
 
     def __init__(self, cfg: QuatrixConfig, causal: bool = True):
@@ -34,7 +36,7 @@ class QuatrixBlock(nn.Module):
         self.norm1 = nn.LayerNorm(H)
         self.mixer = make_mixer(cfg, causal)
         self.norm2 = nn.LayerNorm(H)
-        self.ffn = nn.Sequential(
+        self.ffn = nn.Identity() if cfg.ffn_ratio == 0 else nn.Sequential(
             nn.Linear(H, cfg.ffn_ratio * H), nn.GELU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.ffn_ratio * H, H), nn.Dropout(cfg.dropout),
         )

@@ -27,7 +27,7 @@ class QuatrixConfig:
     num_layers: int = 7  # N: number of QuatrixBlocks
     max_seq_len: int = 5120  # longest text sequence (learned positions; prefixes have their own)
     q_rank: int = 64  # r: width of the state/action projections W_s, W_a in R^{H x r}
-    ffn_ratio: int = 4  # FFN hidden width = ffn_ratio * H
+    ffn_ratio: int = 4  # FFN hidden width = ffn_ratio * H; 0: no MLP, the identity (Zoology's recall studies)
     dropout: float = 0.0  # dropout on embeddings, routing weights and FFN outputs
     tie_embeddings: bool = True  # output head shares the token-embedding matrix
     use_vision: bool = False  # build QuatrixVision; images become prefix tokens
@@ -71,13 +71,16 @@ class QuatrixConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ValueError naming the first field that makes no sense."""
-        positive = [f.name for f in fields(self) if f.type in ("int", int) and not f.name.startswith("use_")]
+        positive = [f.name for f in fields(self)
+                    if f.type in ("int", int) and not f.name.startswith("use_") and f.name != "ffn_ratio"]
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"QuatrixConfig.{name} must be an int, got {value!r}")
             if value <= 0:
                 raise ValueError(f"QuatrixConfig.{name} must be positive, got {value}")
+        if isinstance(self.ffn_ratio, bool) or not isinstance(self.ffn_ratio, int) or self.ffn_ratio < 0:
+            raise ValueError(f"QuatrixConfig.ffn_ratio must be an int >= 0 (0: no MLP), got {self.ffn_ratio!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"QuatrixConfig.dropout must be in [0, 1), got {self.dropout}")
         if not self.audio_max_seconds > 0:

@@ -28,6 +28,8 @@ from quatrix.params import count_parameters, training_flops_per_token
 from quatrix.precision import PRECISIONS
 from quatrix.train.ablate_stats import (PERIODIC_EVAL_BATCHES, gap_curve, late_drop, paired, plot_curves,
                                         results_markdown, warmup_steps)
+from quatrix.train import recall
+from quatrix.train.recall import RANK_RULES
 from quatrix.train.metrics import METRICS_NAME, SUMMARY_NAME, read_metrics
 from quatrix.train.options import command_line
 from quatrix.train.resume import CHECKPOINT_DIR
@@ -62,6 +64,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batches", type=positive_int, default=200, help="batches of the final held-out evaluation")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="of every run (see quatrix pretrain)")
     p.add_argument("--out", default="runs/ablate")
+    recall = p.add_argument_group("recall study (--task mqar:...; quatrix.train.recall)")
+    recall.add_argument("--task", action="append", default=[],
+                        help="mqar:seq_len=L,kv_pairs=K[,vocab=V,alpha=A,n_train=N,n_test=M,...] (repeatable): "
+                             "train the variants on multi-query associative recall instead of text")
+    recall.add_argument("--d-model", default="64,128,256", help="model widths, comma-separated")
+    recall.add_argument("--layers", type=positive_int, default=2)
+    recall.add_argument("--no-mlp", action="store_true", help="the MLP replaced by the identity, as in Zoology")
+    recall.add_argument("--lrs", default="1e-4,4.6e-4,2.2e-3,1e-2", help="learning rates, comma-separated (the best "
+                                                                      "one per cell is reported)")
+    recall.add_argument("--rank-rule", choices=RANK_RULES, default="quarter",
+                        help="Q-Compass routing rank: d_model / 4, or d_model")
+    recall.add_argument("--epochs", type=positive_int, default=8, help="passes over the training examples at most")
+    recall.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once (1 thread each)")
 
 
 # ---------------------------------------------------------------------- variants
@@ -211,6 +226,8 @@ def evaluate(args, directory: Path, data: list[str]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.task:
+        return recall.main(args)
     from quatrix.data.text import DEFAULT_CORPUS, prepare_tokens
     from quatrix.engine import cache_floats_per_token
     from quatrix.tokenizer import load_tokenizer

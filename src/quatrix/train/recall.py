@@ -1,0 +1,218 @@
+"""`quatrix ablate --task mqar:...`: can a mixer recall in context? Zoology's MQAR study
+(Arora et al., 2023, Figure 2) for every variant of quatrix.variants.
+
+    quatrix ablate --task mqar:seq_len=64,kv_pairs=4 --task mqar:seq_len=128,kv_pairs=8 \\
+        --variants qcompass,savo,mh-qcompass,mh-savo,mha_rank,mha --d-model 64,128,256 \\
+        --layers 2 --no-mlp --lrs 1e-4,4.6e-4,2.2e-3,1e-2 --seeds 0 --out runs/recall
+
+Every (task, variant, d_model, lr, seed) cell trains from scratch as Zoology trains: the
+given depth, the MLP replaced by the identity with --no-mlp (QuatrixConfig.ffn_ratio=0),
+learned positional embeddings, AdamW with weight decay 0.1, a cosine decay to 0 over the
+run, and an early stop once test accuracy passes 0.99. A cell's accuracy is exact match
+over every query of the test set (quatrix.data.mqar); the table reports, per variant and
+width, the best learning rate's, as the paper does. Q-Compass routes at rank
+r = d_model / 4 (--rank-rule quarter) or r = d_model (full), since rank is the knob it adds.
+
+Cells run one at a time, or `--jobs N` at once (each with 1 thread; their wall-clock then
+says less). Each finished cell is written to results.json at once, so an interrupted study
+resumes with the cells it has not finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from quatrix.config import QuatrixConfig
+from quatrix.data.mqar import MQARSpec, recall_accuracy
+from quatrix.io import atomic_path, atomic_write_text
+from quatrix.model import QuatrixLM
+from quatrix.variants import VARIANTS, variant
+
+RESULTS = "results.json"
+RANK_RULES = ("quarter", "full")
+EARLY_STOP = 0.99
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    variant: str
+    d_model: int
+    lr: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}|{self.variant}|{self.d_model}|{self.lr:g}|{self.seed}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    layers: int = 2
+    no_mlp: bool = True
+    heads: int = 4
+    rank_rule: str = "quarter"
+    epochs: int = 8
+    batch_size: int = 64
+    eval_every: int = 100  # steps between test evaluations (the early stop looks at them)
+
+
+def cell_config(cell: Cell, spec: MQARSpec, recipe: Recipe) -> QuatrixConfig:
+    rank = cell.d_model // 4 if recipe.rank_rule == "quarter" else cell.d_model
+    return QuatrixConfig(vocab_size=spec.vocab, hidden_size=cell.d_model, num_layers=recipe.layers,
+                         max_seq_len=spec.seq_len, q_rank=rank, ffn_ratio=0 if recipe.no_mlp else 4,
+                         **variant(cell.variant).overrides(recipe.heads))
+
+
+def train_cell(cell: Cell, recipe: Recipe, threads: int | None = None) -> dict:
+    """Train one cell to the end of its epochs or the early stop; its record."""
+    if threads:
+        torch.set_num_threads(threads)
+    spec = MQARSpec.parse(cell.task)
+    (train_x, train_y), (test_x, test_y) = spec.datasets()
+    torch.manual_seed(cell.seed)
+    model = QuatrixLM(cell_config(cell, spec, recipe))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=cell.lr, betas=(0.9, 0.98))
+    steps_per_epoch = math.ceil(len(train_x) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    order = torch.Generator().manual_seed(cell.seed)
+    start, step, accuracy, best = time.perf_counter(), 0, 0.0, 0.0
+    while step < total and best < EARLY_STOP:
+        perm = torch.randperm(len(train_x), generator=order)
+        for rows in perm.split(recipe.batch_size):
+            for group in optimizer.param_groups:  # cosine from lr to 0 over the whole run
+                group["lr"] = cell.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = model(train_x[rows], labels=train_y[rows], check_values=False)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            if step % recipe.eval_every == 0 or step == total:
+                accuracy = recall_accuracy(model, test_x, test_y)
+                best = max(best, accuracy)
+                if best >= EARLY_STOP or step == total:
+                    break
+    return {**asdict(cell), "seq_len": spec.seq_len, "kv_pairs": spec.kv_pairs, "accuracy": best,
+            "final_accuracy": accuracy, "steps": step, "params": model.num_parameters(),
+            "q_rank": model.config.q_rank, "wall_s": time.perf_counter() - start}
+
+
+def run_study(cells: list[Cell], recipe: Recipe, out: Path, jobs: int = 1, log=print) -> list[dict]:
+    """Train the cells results.json does not hold yet; every record, in the cells' order."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS
+    done = {r["key"]: r for r in json.loads(path.read_text())["cells"]} if path.is_file() else {}
+    todo = [c for c in cells if c.key not in done]
+    log(f"recall study: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to train")
+
+    def keep(record: dict) -> None:
+        done[record["key"]] = record
+        log(f"  {record['key']}: accuracy {record['accuracy']:.3f} after {record['steps']} steps "
+            f"({record['wall_s']:.0f} s)")
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"recipe": asdict(recipe), "cells": list(done.values())}, indent=1))
+
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            for cell, record in zip(todo, pool.map(train_cell, todo, [recipe] * len(todo), [1] * len(todo))):
+                keep({**record, "key": cell.key})
+    else:
+        for cell in todo:
+            keep({**train_cell(cell, recipe), "key": cell.key})
+    return [done[c.key] for c in cells]
+
+
+def best_by_cell(records: list[dict]) -> dict[tuple, float]:
+    """(task, variant, d_model) -> the best accuracy over learning rates (mean over seeds)."""
+    by_lr: dict[tuple, list[float]] = {}
+    for r in records:
+        by_lr.setdefault((r["task"], r["variant"], r["d_model"], r["lr"]), []).append(r["accuracy"])
+    best: dict[tuple, float] = {}
+    for (task, name, width, _), values in by_lr.items():
+        key = (task, name, width)
+        best[key] = max(best.get(key, 0.0), sum(values) / len(values))
+    return best
+
+
+def results_markdown(records: list[dict], recipe: Recipe) -> str:
+    best = best_by_cell(records)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    names = list(dict.fromkeys(r["variant"] for r in records))
+    widths = sorted({r["d_model"] for r in records})
+    lines = ["# Recall (MQAR): best test accuracy over learning rates", "",
+             f"{recipe.layers} layers, {'no MLP' if recipe.no_mlp else 'MLP'}, Q-Compass rank "
+             f"{'d_model / 4' if recipe.rank_rule == 'quarter' else 'd_model'}, up to {recipe.epochs} epochs of "
+             f"batch {recipe.batch_size}, early stop at {EARLY_STOP}.", ""]
+    for task in tasks:
+        lines += [f"## {task}", "", "| variant | " + " | ".join(f"d={w}" for w in widths) + " |",
+                  "|---|" + "---:|" * len(widths)]
+        for name in names:
+            cells = [best.get((task, name, w)) for w in widths]
+            lines.append(f"| {VARIANTS[name].label} | " +
+                         " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_recall(records: list[dict], png: Path) -> None:
+    """Accuracy against d_model, one line per variant, one panel per task: Zoology's Figure 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = best_by_cell(records)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    names = list(dict.fromkeys(r["variant"] for r in records))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for name in names:
+            widths = sorted(w for (t, n, w) in best if t == task and n == name)
+            ax.plot(widths, [best[(task, name, w)] for w in widths], "o-", label=VARIANTS[name].label)
+        ax.set(xscale="log", xlabel="d_model", ylabel="accuracy", ylim=(-0.02, 1.02),
+               title=task.removeprefix("mqar:"))
+        ax.set_xticks(sorted({w for (t, _, w) in best if t == task}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    """The study from `quatrix ablate --task mqar:...` flags."""
+    def numbers(text: str, kind, flag: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v]
+        except ValueError:
+            raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+
+    for task in args.task:
+        MQARSpec.parse(task)  # a bad spec fails before any training
+    names = [n for n in args.variants.split(",") if n]
+    for name in names:
+        variant(name)
+    recipe = Recipe(layers=args.layers, no_mlp=args.no_mlp, heads=args.heads, rank_rule=args.rank_rule,
+                    epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every)
+    cells = [Cell(task, name, width, lr, seed) for task in args.task for name in names
+             for width in numbers(args.d_model, int, "--d-model") for lr in numbers(args.lrs, float, "--lrs")
+             for seed in numbers(args.seeds, int, "--seeds")]
+    out = Path(args.out)
+    records = run_study(cells, recipe, out, jobs=args.jobs)
+    atomic_write_text(out / "results.md", results_markdown(records, recipe) + "\n")
+    plot_recall(records, out / "recall.png")
+    print(f"results: {out / 'results.md'}, {out / RESULTS}, {out / 'recall.png'}")
+    return 0

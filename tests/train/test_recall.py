@@ -1,0 +1,49 @@
+import json
+
+import torch
+
+from conftest import tiny_config
+from quatrix import QuatrixLM
+from quatrix.cli import main
+from quatrix.data.mqar import MQARSpec
+from quatrix.engine import Cache
+from quatrix.train.recall import Cell, Recipe, best_by_cell, cell_config
+
+TASK = "mqar:seq_len=16,kv_pairs=2,vocab=32,n_train=128,n_test=32"
+
+
+def test_cells_are_zoologys_models():
+    spec = MQARSpec.parse(TASK)
+    config = cell_config(Cell(TASK, "mh-qcompass", 64, 1e-3, 0), spec, Recipe())
+    assert (config.num_layers, config.ffn_ratio, config.q_rank, config.q_heads, config.max_seq_len) == (2, 0, 16, 4, 16)
+    assert cell_config(Cell(TASK, "qcompass", 64, 1e-3, 0), spec, Recipe(rank_rule="full")).q_rank == 64
+    model = QuatrixLM(config)
+    assert not any(".ffn." in name for name, _ in model.named_parameters())  # the MLP is the identity
+
+
+def test_a_model_without_mlp_decodes_from_its_cache_as_it_recomputes():
+    model = QuatrixLM(tiny_config(ffn_ratio=0)).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    full = model(ids)["logits"]
+    cache = Cache(model, 2, 9)
+    prefill = model(ids[:, :5], cache=cache)["logits"]
+    steps = [model(ids[:, t : t + 1], cache=cache)["logits"] for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_the_study_writes_its_table_and_figure_and_resumes(tmp_path, capsys):
+    argv = ["ablate", "--task", TASK, "--variants", "qcompass,mha", "--d-model", "32", "--lrs", "3e-3,1e-2",
+            "--seeds", "0", "--epochs", "1", "--batch-size", "32", "--eval-every", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["cells"]) == 4 and results["recipe"]["no_mlp"] is False
+    for record in results["cells"]:
+        assert {"variant", "d_model", "seq_len", "kv_pairs", "lr", "seed", "accuracy", "steps", "params",
+                "wall_s"} <= set(record) and 0 <= record["accuracy"] <= 1 and record["steps"] == 4
+    best = best_by_cell(results["cells"])
+    table = (tmp_path / "results.md").read_text()
+    assert f"| attention, full rank | {best[(TASK, 'mha', 32)]:.3f} |" in table
+    assert (tmp_path / "recall.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(argv) == 0  # finished cells are not trained again
+    assert "4 already done, 0 to train" in capsys.readouterr().out
