@@ -125,6 +125,8 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     assert gap["steps"] == [2, 4] and len(gap["std"]) == 2
     assert gap["mean"][-1] == pytest.approx(np.mean([last_val("qcompass", s) - last_val("mha", s) for s in (0, 1)]))
     assert "| qcompass | " in (out / "results.md").read_text().split("during training")[1]
+    equal = (out / "results.md").read_text().split("equal wall-clock")[1]
+    assert "| qcompass | " in equal and "equal FLOPs" in equal and results["equal_seconds"]["budget"] > 0
     assert all(set(results["variants"][n]["val_drop_last_20pct"]) == {"0", "1"} for n in ("qcompass", "mha"))
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # the same seed gives the same data order for every variant: the data order is a function of
@@ -180,3 +182,21 @@ def test_run_description_is_a_valid_pretrain_command(tmp_path):
     assert parsed.data == ["a.txt", "b.txt"] and parsed.mixer == "qcompass" and parsed.q_heads == 1
     for field in ("steps", "batch_size", "seq_len", "lr", "warmup", "eval_every", "eval_batches", "sample_tokens"):
         assert getattr(parsed, field) == getattr(run, field), field
+
+
+def test_losses_at_equal_wall_clock_and_flops_interpolate_each_curve_at_the_shared_budget():
+    def run(seconds_per_step, losses, flops_per_token=1.0):
+        records = [{"step": s, "tokens": 100, "tokens_per_s": 100 / seconds_per_step,
+                    **({"val_loss": losses[s // 2 - 1]} if s % 2 == 0 else {})} for s in range(1, 2 * len(losses) + 1)]
+        return ablate_stats.budget_curve(records, flops_per_token)
+
+    fast = [run(1.0, [4.0, 3.0, 2.0]), run(1.0, [4.2, 3.2, 2.2])]  # evaluations at 2, 4, 6 s
+    slow = [run(2.0, [3.5, 2.5, 1.5]), run(2.0, [3.7, 2.7, 1.7])]  # at 4, 8, 12 s
+    assert fast[0]["seconds"] == [2.0, 4.0, 6.0] and fast[0]["flops"] == [200.0, 400.0, 600.0]
+    equal = ablate_stats.equal_budget({"fast": fast, "slow": slow}, "fast", [0, 1], "seconds")
+    assert equal["budget"] == 6.0  # the quickest-finishing run's end
+    assert equal["val_loss"]["slow"] == {"0": pytest.approx(3.0), "1": pytest.approx(3.2)}  # halfway from 4 s to 8 s
+    assert equal["paired"]["slow"]["mean"] == pytest.approx(1.0)  # slower per step: worse at equal time
+    flops = ablate_stats.equal_budget({"fast": fast, "slow": slow}, "fast", [0, 1], "flops")
+    assert flops["paired"]["slow"]["mean"] == pytest.approx(-0.5)  # same tokens, lower loss: better at equal FLOPs
+    assert np.isnan(ablate_stats.at_budget(fast[0], "seconds", 1.0))  # before the first evaluation

@@ -26,8 +26,8 @@ from quatrix.config import PRESETS, QuatrixConfig, preset
 from quatrix.io import atomic_write_text
 from quatrix.params import count_parameters, training_flops_per_token
 from quatrix.precision import PRECISIONS
-from quatrix.train.ablate_stats import (PERIODIC_EVAL_BATCHES, gap_curve, late_drop, paired, plot_curves,
-                                        results_markdown, warmup_steps)
+from quatrix.train.ablate_stats import (PERIODIC_EVAL_BATCHES, budget_curve, equal_budget, gap_curve, late_drop,
+                                        paired, plot_curves, results_markdown, warmup_steps)
 from quatrix.train import recall
 from quatrix.train.recall import RANK_RULES
 from quatrix.train.metrics import METRICS_NAME, SUMMARY_NAME, read_metrics
@@ -278,6 +278,10 @@ def main(args: argparse.Namespace) -> int:
             "tokens_per_s": float(np.mean([r["summary"]["tokens_per_s"] for r in runs.values()])),
             "peak_memory_mib": float(np.max([r["summary"]["peak_memory_mib"] for r in runs.values()])),
         }
+    budgets = {name: [budget_curve(records, training_flops_per_token(configs[name][0], args.seq_len))
+                      for records in curves[name]] for name in configs}
+    for axis in ("seconds", "flops"):
+        results[f"equal_{axis}"] = equal_budget(budgets, args.reference, seeds, axis)
     ref = results["variants"][args.reference]
     for name, v in results["variants"].items():
         v["paired_vs_reference"] = paired([v["val_loss"][str(s)] for s in seeds], [ref["val_loss"][str(s)] for s in seeds])
@@ -285,7 +289,7 @@ def main(args: argparse.Namespace) -> int:
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", results_markdown(results, args))
     plot_curves(out, curves, {n: v["val_gap_curve"] for n, v in results["variants"].items() if n != args.reference},
-                args.reference)
+                args.reference, budgets)
     print((out / "results.md").read_text())
     return 0
 

@@ -61,6 +61,41 @@ def gap_at(curve: dict[str, list[float]], fraction: float) -> tuple[float, float
     return (float("nan"), float("nan")) if i < 0 else (curve["mean"][i], curve["std"][i])
 
 
+def budget_curve(records: list[dict], flops_per_token: float) -> dict[str, list[float]]:
+    """A run's validation loss against its cumulative training time and FLOPs: the time of a
+    step is its tokens over its tokens/s (training only: evaluations and checkpoints are
+    left out), its FLOPs `flops_per_token` times its tokens."""
+    seconds = flops = 0.0
+    curve: dict[str, list[float]] = {"seconds": [], "flops": [], "val_loss": []}
+    for r in records:
+        seconds += r["tokens"] / r["tokens_per_s"]
+        flops += flops_per_token * r["tokens"]
+        if "val_loss" in r:
+            curve["seconds"].append(seconds)
+            curve["flops"].append(flops)
+            curve["val_loss"].append(r["val_loss"])
+    return curve
+
+
+def at_budget(curve: dict[str, list[float]], axis: str, budget: float) -> float:
+    """The validation loss at `budget` seconds or FLOPs, interpolated linearly between the
+    evaluations around it (NaN before the first one)."""
+    xs, ys = curve[axis], curve["val_loss"]
+    if not xs or budget < xs[0]:
+        return float("nan")
+    return float(np.interp(budget, xs, ys))
+
+
+def equal_budget(curves: dict[str, list[dict]], reference: str, seeds: list[int], axis: str) -> dict:
+    """Every variant's validation loss at the same training time (axis="seconds") or FLOPs
+    ("flops"): the budget is the smallest any run reached (every run has a curve up to it),
+    and each variant is paired with the reference seed by seed."""
+    budget = min(c[axis][-1] for runs in curves.values() for c in runs)
+    losses = {name: [at_budget(c, axis, budget) for c in runs] for name, runs in curves.items()}
+    return {"budget": budget, "val_loss": {name: dict(zip(map(str, seeds), v)) for name, v in losses.items()},
+            "paired": {name: paired(v, losses[reference]) for name, v in losses.items() if name != reference}}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
@@ -114,6 +149,21 @@ def results_markdown(results: dict, args) -> str:
         if name != results["reference"]:
             cells = [spread(*gap_at(v["val_gap_curve"], f), sign="+") for f in fractions]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for axis, title, unit in (("seconds", "equal wall-clock", "s of training"), ("flops", "equal FLOPs",
+                                                                                  "training FLOPs")):
+        equal = results.get(f"equal_{axis}")
+        if not equal:
+            continue
+        lines += ["", (f"Validation loss at {title}: every run's curve interpolated at {equal['budget']:.4g} {unit}, "
+                       "the budget the quickest-finishing run reached (paired against the reference, seed by seed). "
+                       "Timing is noisy on a shared machine: the runs of one study go one at a time, and the times "
+                       "count training steps only."),
+                  "", "| variant | val loss | paired difference | paired t-test p |", "|---|---:|---:|---:|"]
+        for name, values in equal["val_loss"].items():
+            p = equal["paired"].get(name)
+            diff = "reference" if p is None else spread(p["mean"], p["std"], sign="+")
+            p_value = "" if p is None or np.isnan(p["p_value"]) else f"{p['p_value']:.3g}"
+            lines.append(f"| {name} | {spread(*mean_std(list(values.values())))} | {diff} | {p_value} |")
     ood = next(iter(results["variants"].values()))["ood_loss"]
     if ood:
         lines += ["", "Out-of-distribution validation loss (mean ± std over seeds):", "",
@@ -124,15 +174,25 @@ def results_markdown(results: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(out: Path, curves: dict[str, list[list[dict]]], gaps: dict[str, dict], reference: str) -> None:
+def plot_curves(out: Path, curves: dict[str, list[list[dict]]], gaps: dict[str, dict], reference: str,
+                budgets: dict[str, list[dict]] | None = None) -> None:
     """Left: mean training loss (smoothed) and validation loss per variant against step.
-    Right: each variant's paired validation-loss difference against the reference, ± std."""
+    Middle: each variant's paired validation-loss difference against the reference, ± std.
+    Right (with `budgets`, per variant the seeds' `budget_curve`s): validation loss against
+    training time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 3 if budgets else 2, figsize=(19 if budgets else 13, 5))
+    ax, gap_ax = axes[0], axes[1]
+    if budgets:
+        for i, (name, runs) in enumerate(budgets.items()):
+            for k, run in enumerate(runs):
+                axes[2].plot(run["seconds"], run["val_loss"], "o-", color=f"C{i}", ms=3, alpha=0.7,
+                             label=name if k == 0 else None)
+        axes[2].set(xlabel="training seconds", ylabel="validation loss", title="against wall-clock (each seed)")
     for i, (name, runs) in enumerate(curves.items()):
         steps = [r["step"] for r in runs[0]]
         train = np.mean([[r["loss"] for r in run] for run in runs], axis=0)
@@ -150,7 +210,7 @@ def plot_curves(out: Path, curves: dict[str, list[list[dict]]], gaps: dict[str, 
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="train (thin) and validation (dots), mean over seeds")
     gap_ax.axhline(0, color="k", lw=0.8)
     gap_ax.set(xlabel="step", ylabel="nats/token", title=f"validation loss minus {reference}'s, same seed (± std)")
-    for a in (ax, gap_ax):
+    for a in axes:
         a.grid(alpha=0.3)
         a.legend()
     fig.tight_layout()
