@@ -3,8 +3,10 @@ that the final losses equal an uninterrupted run's, bit for bit.
 
 Each storm starts `quatrix pretrain ... --save-every 1` (with `--resume` once a checkpoint
 exists), kills it with SIGKILL after a random delay, and repeats `--kills` times; then it
-lets the run finish and compares every logged loss with the reference run's. Kills land in
-start-up, in training steps and inside checkpoint writes alike.
+lets the run finish and compares every logged loss with the reference run's. A quarter of
+the delays count from the launch (kills in start-up), the rest from the run's next logged
+step, so kills land in training steps and inside checkpoint writes however slowly the
+machine starts Python and torch.
 
     python benchmarks/kill_storm.py --storms 5 --kills 25 --out runs/kill_storm
     python benchmarks/kill_storm.py --storms 1 --kills 20 --tokenizer gpt2 --steps 200   # the issue's set-up
@@ -53,20 +55,31 @@ def storm(args, index: int, expected: list[float]) -> dict:
     out = Path(args.out) / f"storm{index}"
     shutil.rmtree(out, ignore_errors=True)
     log = open(Path(args.out) / f"storm{index}.log", "w")
-    kills, in_write, failed = 0, 0, []
+    kills, in_write, after_start, failed = 0, 0, 0, []
     base = pretrain_command(args, out)
     for attempt in range(args.kills + 1):
-        resume = ["--resume"] if attempt and (args.always_resume or (out / "checkpoint").is_dir()) else []
+        # --always-resume: resume even a run killed before its first checkpoint, once it made its
+        # folder (a run killed while still importing torch left nothing to resume: it starts afresh)
+        began = out.is_dir() if args.always_resume else (out / "checkpoint").is_dir()
+        resume = ["--resume"] if attempt and began else []
         proc = subprocess.Popen(base + resume, stdout=log, stderr=log, start_new_session=True)
         if attempt == args.kills:  # the last one runs to the end
             code = proc.wait()
         else:
+            # a quarter of the kills are timed from the launch (they land in start-up); the rest
+            # from the moment the run trains (a new metrics line), so that a slow start-up on a
+            # slow machine does not turn every kill into a start-up kill
+            in_startup = rng.random() < 0.25
+            gap = rng.uniform(args.min_gap, args.max_gap)
+            code = proc.poll() if in_startup else _wait_for_training(proc, out)
             try:
-                code = proc.wait(timeout=rng.uniform(args.min_gap, args.max_gap))
+                code = code if code is not None else proc.wait(timeout=gap)
             except subprocess.TimeoutExpired:
+                trained = not in_startup
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 kills += 1
+                after_start += trained
                 in_write += any((out / name).exists() for name in (".checkpoint.tmp", ".checkpoint.old"))
                 continue
         if code != 0:
@@ -80,8 +93,23 @@ def storm(args, index: int, expected: list[float]) -> dict:
     first_diff = next((i + 1 for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
     if first_diff is None and len(got) != len(expected):
         first_diff = min(len(got), len(expected)) + 1
-    return {"storm": index, "kills": kills, "kills_inside_checkpoint_writes": in_write, "failed_starts": failed, "steps_logged": len(got),
+    return {"storm": index, "kills": kills, "kills_while_training": after_start, "kills_inside_checkpoint_writes": in_write,
+            "failed_starts": failed, "steps_logged": len(got),
             "first_differing_step": first_diff, "identical": first_diff is None and not failed}
+
+
+def _wait_for_training(proc: subprocess.Popen, out: Path, limit_s: float = 120.0) -> int | None:
+    """Wait until the run logs a new training step (or exits: its exit status)."""
+    path = out / "metrics.jsonl"
+    before = len(path.read_text().splitlines()) if path.is_file() else 0
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return proc.returncode
+        if path.is_file() and len(path.read_text().splitlines()) > before:
+            return None
+        time.sleep(0.02)
+    return None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     p.add_argument("--always-resume", action="store_true",
-                   help="pass --resume after every kill, even when no checkpoint folder is visible")
+                   help="pass --resume after every kill once the run has made its folder, even before its first "
+                        "checkpoint")
     p.add_argument("--out", default="runs/kill_storm")
     return p
 
