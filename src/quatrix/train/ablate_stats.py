@@ -212,7 +212,8 @@ def plot_curves(out: Path, curves: dict[str, list[list[dict]]], gaps: dict[str, 
     gap_ax.set(xlabel="step", ylabel="nats/token", title=f"validation loss minus {reference}'s, same seed (± std)")
     for a in axes:
         a.grid(alpha=0.3)
-        a.legend()
+        if a.get_legend_handles_labels()[0]:
+            a.legend()
     fig.tight_layout()
     with atomic_path(out / "curves.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
