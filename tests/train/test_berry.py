@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,20 @@ def test_time_left_scales_the_recipes_estimate_by_the_finished_stages():
     done = {"tokenizer": {"seconds": 5}, "pretrain": {"seconds": 205}}  # twice as slow as expected
     assert remaining(recipe, done, "sft") == "about 3:00"
     assert remaining({}, {}, "sft") == "unknown time"
+
+
+def test_compare_runs_sees_a_changed_number(micro_run, tmp_path):
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    import compare_runs
+
+    copy = tmp_path / "copy"
+    shutil.copytree(micro_run / "straight", copy)
+    assert compare_runs.compare(micro_run / "straight", copy) == []
+    lines = (copy / "sft" / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    record["loss"] = float(record["loss"]) + 1e-7
+    (copy / "sft" / "metrics.jsonl").write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
+    differences = compare_runs.compare(micro_run / "straight", copy)
+    assert len(differences) == 1 and differences[0].startswith("sft: step 2 differs")
