@@ -27,7 +27,7 @@ def test_every_mixer_sits_in_the_same_block(name, overrides):
     expected = "MultiHeadAttention" if overrides["mixer"].startswith("mha") else "QCompass"
     assert type(block.mixer).__name__ == expected
     ids = torch.randint(0, 97, (2, 12))
-    out = model(ids, labels=ids)
+    out = model(ids, labels=ids, return_logits=True)
     assert out["logits"].shape == (2, 12, 97) and torch.isfinite(out["loss"])
 
 
@@ -70,7 +70,7 @@ def test_loss_reductions_and_ignore_index():
     ids = torch.randint(0, 97, (2, 10))
     labels = ids.clone()
     labels[0, :5] = -100
-    out = model(ids, labels=labels, loss_reduction="none")
+    out = model(ids, labels=labels, loss_reduction="none", return_logits=True)
     per_token = out["loss"]
     assert per_token.shape == (2, 9)
     assert (per_token[0, :4] == 0).all() and (per_token[0, 4:] > 0).all()
@@ -97,7 +97,7 @@ def test_image_and_audio_prefix():
     pixels, wave = torch.randn(2, 3, 32, 32), torch.randn(2, 8000)
     text_only = model(ids)["logits"]
     with_image = model(ids, pixel_values=pixels)["logits"]
-    both = model(ids, pixel_values=pixels, mel_values=wave, labels=ids)
+    both = model(ids, pixel_values=pixels, mel_values=wave, labels=ids, return_logits=True)
     assert with_image.shape == both["logits"].shape == (2, 7, 97)
     assert not torch.allclose(text_only, with_image)  # the text does see the image
     assert not torch.allclose(with_image, both["logits"])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -17,6 +16,7 @@ from quatrix.blocks import QuatrixBlock, init_weights
 from quatrix.cache import ModelCache
 from quatrix.checkpoint import WEIGHTS_NAME, load_state, read_checkpoint, write_checkpoint
 from quatrix.config import QuatrixConfig
+from quatrix.loss import head_loss, next_token_loss
 from quatrix.media import MODALITIES
 from quatrix.qcompass import routing_mask
 from quatrix.validation import check_labels, check_same_shape, check_token_ids
@@ -60,6 +60,8 @@ class QuatrixLM(nn.Module):
         loss_reduction: str = "mean",
         cache: ModelCache | None = None,
         check_values: bool = True,
+        return_logits: bool | None = None,
+        temperature: float | None = None,
     ) -> dict[str, Tensor | None]:
         """Next-token language model over [image tokens][audio tokens][text tokens].
 
@@ -69,6 +71,11 @@ class QuatrixLM(nn.Module):
         mel_values: [B, n_mels, F] log-mel (or [B, 1, n_mels, F]) or [B, T] waveforms.
         Returns {"logits": [B, L, V] (text positions only), "loss": scalar, or [B, L-1] per
         token with loss_reduction="none" (0 where ignored), or None without labels}.
+        With labels the loss is computed chunk by chunk from the hidden states
+        (quatrix.loss.head_loss) and "logits" is None unless return_logits=True; without
+        labels the logits are always returned. temperature (with loss_reduction="none"):
+        the loss is -log p of each label under logits / temperature, and "entropy" [B, L-1]
+        of that distribution is added: GRPO's log-probabilities.
         cache: a quatrix.cache.ModelCache (quatrix.engine.Cache); the new tokens are appended to it and routed over
         everything cached before (prefill, then one token per step).
         check_values: check that token ids and labels lie in the vocabulary. Each check
@@ -83,12 +90,16 @@ class QuatrixLM(nn.Module):
         prefix = self.encode_prefix(B, pixel_values, mel_values, check_values)  # [B, P, H]
         x, mask = self.embed(input_ids, attention_mask, prefix, cache)
         x = self.run_blocks(x, mask, cache)
-        logits = self.head(self.norm(x[:, x.shape[1] - L :]))  # [B, L, V]
-        loss = None
-        if labels is not None:
-            check_labels(labels, input_ids, cfg.vocab_size, values=check_values)
-            loss = next_token_loss(logits, labels, loss_reduction)
-        return {"logits": logits, "loss": loss}
+        hidden = self.norm(x[:, x.shape[1] - L :])  # [B, L, H]
+        if labels is None:
+            return {"logits": self.head(hidden), "loss": None}
+        check_labels(labels, input_ids, cfg.vocab_size, values=check_values)
+        if return_logits:
+            logits = self.head(hidden)  # [B, L, V]
+            if temperature is None:
+                return {"logits": logits, "loss": next_token_loss(logits, labels, loss_reduction)}
+        out = head_loss(hidden, self.head.weight, labels, loss_reduction, temperature)
+        return {"logits": logits if return_logits else None, **out}
 
     def encode_prefix(self, batch: int, pixel_values: Tensor | None, mel_values: Tensor | None,
                       check_values: bool = True) -> Tensor | None:
@@ -158,20 +169,4 @@ class QuatrixLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def next_token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
-    """Cross-entropy of logits[:, t] against labels[:, t + 1], ignore_index=-100, in fp32.
-
-    reduction="none" returns [B, L-1] per-token losses (0 at ignored positions), the form
-    RL stages use for per-token log-probabilities. The targets are shifted rather than the
-    logits: slicing [B, L, V] logits would cost a copy of them in backward.
-    """
-    B, L, V = logits.shape
-    targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), -100)], dim=1)  # [B, L]
-    per_token = F.cross_entropy(
-        logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(B, L)[:, :-1]  # [B, L-1]
-    if reduction == "none":
-        return per_token
-    if reduction == "sum":
-        return per_token.sum()
-    return per_token.sum() / (targets != -100).sum().clamp(min=1)
+__all__ = ["QuatrixLM", "next_token_loss"]

@@ -5,8 +5,9 @@ departs from the DeepSeek-R1 paper and from common implementations)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from quatrix.loss import token_logprobs  # noqa: F401  (GRPO's log-probabilities live with the loss)
 
 SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
@@ -88,12 +89,3 @@ def clip_fraction(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, ma
     return (clipped.float() * mask).sum() / mask.sum().clamp(min=1)
 
 
-def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Log-probabilities of `targets` [B, T] under `logits` [B, T, V] / temperature (the
-    sampling distribution), and the entropy of that distribution per position, in fp32.
-    Targets of -100 (ignored) get log-probability 0."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * (targets != -100)
-    with torch.no_grad():
-        entropy = -(logp.exp() * logp).sum(-1)
-    return picked, entropy

@@ -93,12 +93,15 @@ class QuatrixForCausalLM(PreTrainedModel, GenerationMixin):
         cache: QuatrixGenerationCache | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        return_logits: bool = True,
         **kwargs,
     ):
         """input_ids [B, L]; attention_mask [B, L] (or, with a cache, [B, everything fed so
         far]); pixel_values [B, C, S, S] for vision checkpoints, mel_values for audio ones.
         With use_cache the returned `cache` continues decoding: pass it back with the new
-        tokens only. Loss: labels[t + 1] predicted at t (ignore_index -100), as in Quatrix."""
+        tokens only. Loss: labels[t + 1] predicted at t (ignore_index -100), as in Quatrix.
+        return_logits=False with labels computes the loss chunk by chunk and returns no
+        logits (the memory saver for training; the default keeps transformers' contract)."""
         if input_ids is None:
             raise ValueError("input_ids is required (Quatrix models take token ids, not inputs_embeds)")
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
@@ -108,7 +111,7 @@ class QuatrixForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is not None and attention_mask is not None:
             attention_mask = attention_mask[:, -input_ids.shape[1]:]  # the new tokens' part
         out = self.model(input_ids, labels=labels, pixel_values=pixel_values, mel_values=mel_values,
-                         attention_mask=attention_mask, cache=cache)
+                         attention_mask=attention_mask, cache=cache, return_logits=return_logits)
         return CausalLMOutputWithPast(loss=out["loss"], logits=out["logits"], **{_CACHE_FIELD: cache})
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -28,7 +28,7 @@ import torch
 from quatrix.chat import END
 from quatrix.data.sft import SFTLoader
 from quatrix.eval.tasks import evaluate_task
-from quatrix.rl import LOSS_TYPES, SCALES, clip_fraction, group_advantages, grpo_loss, k3_kl, token_logprobs
+from quatrix.rl import LOSS_TYPES, SCALES, clip_fraction, group_advantages, grpo_loss, k3_kl
 from quatrix.tasks import task_from_spec
 from quatrix.tasks.rewards import parse_reward_weights, score_completion
 from quatrix.tasks.sampling import complete
@@ -165,10 +165,11 @@ def grpo_step(args: GRPOConfig, d, device, model, train_model, reference, tokeni
     micro = list(range(0, len(scored), args.micro_batch))
 
     def forward(m, rows, grad: bool):
-        ids = batch["input_ids"][rows].to(device)
-        with torch.set_grad_enabled(grad), autocast:
-            logits = m(ids, **{k: v[rows].to(device) for k, v in media.items()}, check_values=False)["logits"]
-        return token_logprobs(logits[:, :-1], batch["labels"][rows, 1:].to(device), args.temperature)
+        ids, labels = batch["input_ids"][rows].to(device), batch["labels"][rows].to(device)
+        with torch.set_grad_enabled(grad), autocast:  # the model's chunked loss: no whole logits
+            out = m(ids, labels=labels, loss_reduction="none", temperature=args.temperature,
+                    **{k: v[rows].to(device) for k, v in media.items()}, check_values=False)
+        return -out["loss"], out["entropy"]
 
     with torch.no_grad():
         ref_lp = [forward(reference, slice(s, s + args.micro_batch), False)[0] for s in micro] if reference else None
@@ -219,7 +220,7 @@ def grpo_step(args: GRPOConfig, d, device, model, train_model, reference, tokeni
 def rollout_batch(rollouts, group_size: int, end_id: int, pad_id: int, mask_truncated: bool) -> dict:
     """Right-padded [prompt + completion (+ <|end|> when it stopped)] rows; `labels` -100
     outside the completion; `mask` [N, L-1] is 1 on the completion tokens, aligned with
-    token_logprobs(logits[:, :-1], labels[:, 1:]). A truncated completion keeps its mask
+    the per-token loss the model returns for `labels` (positions 1..L-1). A truncated completion keeps its mask
     unless mask_truncated."""
     rows = []
     for i, (tokens, cut) in enumerate(zip(rollouts.tokens, rollouts.truncated)):
