@@ -143,6 +143,7 @@ def run_stage(stage: str, recipe: dict, out: Path, args) -> int:
             return 0
         return command(["tokenizer", "train", *stage_flags(tok), "--out", str(out / "tokenizer")])
     if stage in TRAINING:
+        check_memory(recipe, stage)
         argv = [stage, *stage_flags(recipe[stage]), *links(stage, recipe, out)]
         if (out / stage).is_dir():  # an interrupted stage: continue from its last checkpoint
             argv.append("--resume")
@@ -156,6 +157,17 @@ def run_stage(stage: str, recipe: dict, out: Path, args) -> int:
         return 0
     sample_run(out, recipe)
     return 0
+
+
+def check_memory(recipe: dict, stage: str) -> None:
+    """Before a GPU stage starts: does its planned step fit the GPU's free memory? Refuses
+    with the planner's numbers and a micro-batch that fits (quatrix.train.memory)."""
+    import torch  # here, like check_hardware: the runner itself starts without torch
+
+    from quatrix.train.memory import check_recipe_stage
+
+    if str(recipe[stage].get("device", "cpu")).startswith("cuda") and torch.cuda.is_available():
+        check_recipe_stage(recipe, stage, torch.cuda.mem_get_info()[0])
 
 
 def links(stage: str, recipe: dict, out: Path) -> list[str]:
