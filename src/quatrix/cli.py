@@ -12,6 +12,7 @@ from quatrix.train.options import apply_config_file
 
 # command -> (module with add_arguments / main, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("quatrix.commands.data", "prepare a corpus: tokenize text files into shards for pretrain --data DIR"),
     "memory": ("quatrix.commands.memory", "peak training memory of one step, predicted (and measured), and the largest micro-batch that fits"),
     "info": ("quatrix.commands.info", "parameter breakdown and a forward pass of a preset or checkpoint"),
     "generate": ("quatrix.commands.generate", "stream a continuation of a prompt (text, or token ids with --ids)"),

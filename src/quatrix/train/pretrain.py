@@ -20,6 +20,7 @@ world model (quatrix.train.trainer.MixtureObjective); the validation loss is on 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from quatrix.data.mixture import Mixture, parse_mixture
 from quatrix.data.pairs import PairLoader
 from quatrix.data.speech import CORPORA as SPEECH_CORPORA
 from quatrix.data.speech import AudioTextSource
+from quatrix.data.prepare import ShardedTokens, is_prepared
 from quatrix.data.text import CORPORA, DEFAULT_CORPUS, TokenLoader, load_tokens, prepare_tokens
 from quatrix.data.world import WorldData, WorldLoader
 from quatrix.engine import generate
@@ -73,6 +75,8 @@ class PretrainConfig(BatchConfig):
     out: str = default("out", "runs/pretrain")
     eval_batches: int = option(20, parse=positive_int)
     cache_dir: str | None = option(None, help="token cache (default: OUT/../.token_cache)")
+    max_epochs: float | None = option(None, parse=float, help="refuse a run that would pass over the text more often than this "
+                                                 "(default: only warn past 4 passes)")
     sample_tokens: int = option(48, parse=nonnegative_int, help="generate this many tokens at the end (0: none)")
 
 
@@ -154,11 +158,8 @@ def build_data(options: PretrainConfig, tokenizer, config: QuatrixConfig, weight
     """The step-wise mixture of sources, and the held-out text tokens."""
     sources = options.data or [DEFAULT_CORPUS]
     cache_dir = Path(options.cache_dir) if options.cache_dir else out.parent / ".token_cache"
-    if d.is_main:  # one process tokenizes; the others wait, then read the same files
-        prepare_tokens(sources, tokenizer, cache_dir)
-    d.barrier()
-    paths = prepare_tokens(sources, tokenizer, cache_dir)
-    train_tokens, val_tokens = (load_tokens(paths[s], tokenizer.vocab_size) for s in ("train", "val"))
+    train_tokens, val_tokens = text_tokens(sources, tokenizer, cache_dir, d)
+    check_epochs(options, weights, len(train_tokens), d.world_size)
     loaders = {"text": TokenLoader(train_tokens, options.seq_len, options.batch_size, options.seed, d.rank, d.world_size)}
     if "image" in weights:
         images = ImageTextSource(options.image_data, config.image_size, options.seed)
@@ -175,6 +176,34 @@ def build_data(options: PretrainConfig, tokenizer, config: QuatrixConfig, weight
     if world is not None:
         loaders["world"] = WorldLoader(world, options.batch_size, options.seed, d.rank, d.world_size)
     return Mixture(loaders, weights, options.seed), val_tokens
+
+
+def text_tokens(sources: list[str], tokenizer, cache_dir: Path, d):
+    """Train and held-out token ids: the shards of a `quatrix data prepare` folder,
+    memory-mapped, or the token cache built here from corpora and files."""
+    prepared = [s for s in sources if is_prepared(s)]
+    if prepared:
+        if len(sources) > 1:
+            raise ValueError(f"--data {prepared[0]} is a prepared folder: give it alone (prepare every input into it)")
+        return tuple(ShardedTokens(prepared[0], split, tokenizer.vocab_size) for split in ("train", "val"))
+    if d.is_main:  # one process tokenizes; the others wait, then read the same files
+        prepare_tokens(sources, tokenizer, cache_dir)
+    d.barrier()
+    paths = prepare_tokens(sources, tokenizer, cache_dir)
+    return tuple(load_tokens(paths[s], tokenizer.vocab_size) for s in ("train", "val"))
+
+
+def check_epochs(options: PretrainConfig, weights: dict[str, float], corpus: int, world_size: int) -> None:
+    """Warn when the run reads its text more than 4 times over; refuse past --max-epochs."""
+    share = weights.get("text", 0.0) / sum(weights.values())
+    needed = options.steps * options.grad_accum * options.batch_size * world_size * options.seq_len * share
+    epochs = needed / max(corpus, 1)
+    line = f"{needed / 1e6:,.1f}M text tokens over a {corpus / 1e6:,.1f}M-token corpus = {epochs:,.1f} epochs"
+    if options.max_epochs is not None and epochs > options.max_epochs:
+        raise ValueError(f"{line}, more than --max-epochs {options.max_epochs:g}: prepare a larger corpus "
+                         f"(quatrix data prepare) or raise --max-epochs")
+    if epochs > 4:
+        print(f"warning: {line}; the model will memorise rather than generalise", file=sys.stderr)
 
 
 def print_sample(model, tokenizer, val_tokens, n: int, seed: int) -> None:
