@@ -176,3 +176,11 @@ def test_compare_runs_sees_a_changed_number(micro_run, tmp_path):
     (copy / "sft" / "metrics.jsonl").write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
     differences = compare_runs.compare(micro_run / "straight", copy)
     assert len(differences) == 1 and differences[0].startswith("sft: step 2 differs")
+
+
+def test_berry_q0_pretrains_on_a_corpus_the_user_names(tmp_path, capsys):
+    assert main(["run", "berry", "--preset", "berry-q0", "--force", "--out", str(tmp_path / "q0")]) == 2
+    assert "quatrix data prepare" in capsys.readouterr().err and not (tmp_path / "q0").exists()
+    assert main(["run", "berry", "--preset", "berry-q0", "--data", "corpus/", "--print-recipe"]) == 0
+    recipe = json.loads(capsys.readouterr().out)
+    assert recipe["pretrain"]["data"] == ["corpus/"] and recipe["pretrain"]["max_epochs"] == 4

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", choices=recipe_names(), help="the built-in recipe of this preset")
     p.add_argument("--recipe", dest="recipe_file", help="a recipe file (JSON) instead of the preset's")
     p.add_argument("--out", help="run directory (default runs/berry-PRESET)")
+    p.add_argument("--data", nargs="+", default=None,
+                   help="pretraining text: a `quatrix data prepare` folder (or corpora/files), replacing the recipe's")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per training stage, through torchrun")
     p.add_argument("--force", action="store_true", help="run a GPU recipe on a CPU anyway")
@@ -49,12 +51,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.preset, args.recipe_file)
+    if args.data:
+        recipe["pretrain"]["data"] = args.data
     if args.print_recipe:
         print(json.dumps(recipe, indent=2))
         return 0
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
     check_hardware(recipe, args.force)
+    if "data" in recipe["pretrain"] and not recipe["pretrain"]["data"]:
+        raise ValueError(f"the {recipe['name']} recipe pretrains on a corpus you name: prepare one "
+                         f"(quatrix data prepare --data FILES --tokenizer gpt2 --out DIR) and add --data DIR")
     if args.quiet or args.log_format:  # the stages and the data they make read it (quatrix.progress)
         os.environ["QUATRIX_LOG"] = "quiet" if args.quiet else args.log_format
     out = Path(args.out or f"runs/berry-{recipe['preset']}")
