@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from quatrix.rl import clip_fraction, group_advantages, grpo_loss, k3_kl, token_logprobs
+from quatrix.loss import token_logprobs
+from quatrix.rl import clip_fraction, group_advantages, grpo_loss, k3_kl
 
 
 def direct_advantages(rewards, G, scale):

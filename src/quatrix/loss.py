@@ -3,7 +3,7 @@ whole [B, L, V] logits (docs/design.md §2, "Chunked cross-entropy").
 
 At Berry-Q0's size the logits of one 8 × 1,024 micro-batch are 8,192 × 50,257 floats:
 1.6 GB in fp32, and as much again for their gradient — more than the rest of the step. The
-loss only needs each position's log-sum-exp and its target's logit, so `linear_cross_entropy`
+loss only needs each position's log-sum-exp and its target's logit, so `head_loss`
 computes the head's matmul over chunks of positions, keeps one fp32 log-sum-exp per
 position, and recomputes each chunk's logits in backward (the idea behind fused linear
 cross-entropy kernels such as Liger's). Written by hand because the head, its temperature
@@ -49,6 +49,18 @@ def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) ->
     return picked, entropy
 
 
+def logits_loss(logits: Tensor, labels: Tensor, reduction: str = "mean",
+                temperature: float | None = None) -> dict[str, Tensor]:
+    """`head_loss` from whole logits [B, L, V]: the plain path, and the one for callers that
+    asked for the logits anyway."""
+    if temperature is None:
+        return {"loss": next_token_loss(logits, labels, reduction)}
+    if reduction != "none":
+        raise ValueError("a loss temperature needs loss_reduction='none'")
+    picked, entropy = token_logprobs(logits[:, :-1], labels[:, 1:], temperature)
+    return {"loss": -picked, "entropy": entropy}
+
+
 def reduce(per_token: Tensor, targets: Tensor, reduction: str) -> Tensor:
     if reduction == "none":
         return per_token
@@ -76,11 +88,7 @@ def head_loss(hidden: Tensor, weight: Tensor, labels: Tensor, reduction: str = "
     if temperature is not None and reduction != "none":
         raise ValueError("a loss temperature needs loss_reduction='none'")
     if B * (L - 1) <= chunk_rows(V, chunk_bytes):  # one chunk: the plain path, bit for bit
-        logits = F.linear(hidden, weight)  # [B, L, V]
-        if temperature is None:
-            return {"loss": next_token_loss(logits, labels, reduction)}
-        picked, entropy = token_logprobs(logits[:, :-1], labels[:, 1:], temperature)
-        return {"loss": -picked, "entropy": entropy}
+        return logits_loss(F.linear(hidden, weight), labels, reduction, temperature)
     dtype = _compute_dtype(hidden)
     targets = labels[:, 1:]  # [B, L-1]
     rows = hidden[:, :-1].reshape(-1, H).to(dtype)  # [N, H], N = B(L-1)

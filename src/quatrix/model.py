@@ -16,7 +16,7 @@ from quatrix.blocks import QuatrixBlock, init_weights
 from quatrix.cache import ModelCache
 from quatrix.checkpoint import WEIGHTS_NAME, load_state, read_checkpoint, write_checkpoint
 from quatrix.config import QuatrixConfig
-from quatrix.loss import head_loss, next_token_loss
+from quatrix.loss import head_loss, logits_loss, next_token_loss
 from quatrix.media import MODALITIES
 from quatrix.qcompass import routing_mask
 from quatrix.validation import check_labels, check_same_shape, check_token_ids
@@ -96,10 +96,8 @@ class QuatrixLM(nn.Module):
         check_labels(labels, input_ids, cfg.vocab_size, values=check_values)
         if return_logits:
             logits = self.head(hidden)  # [B, L, V]
-            if temperature is None:
-                return {"logits": logits, "loss": next_token_loss(logits, labels, loss_reduction)}
-        out = head_loss(hidden, self.head.weight, labels, loss_reduction, temperature)
-        return {"logits": logits if return_logits else None, **out}
+            return {"logits": logits, **logits_loss(logits, labels, loss_reduction, temperature)}
+        return {"logits": None, **head_loss(hidden, self.head.weight, labels, loss_reduction, temperature)}
 
     def encode_prefix(self, batch: int, pixel_values: Tensor | None, mel_values: Tensor | None,
                       check_values: bool = True) -> Tensor | None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from quatrix.loss import token_logprobs  # noqa: F401  (GRPO's log-probabilities live with the loss)
-
 SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 STD_EPS = 1e-4

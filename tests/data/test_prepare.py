@@ -3,6 +3,7 @@ shards as `quatrix pretrain --data DIR` reads them."""
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_bad_input_is_named_with_its_file_and_line(tmp_path, make, message, caps
     make(tmp_path / "in")
     assert main(["data", "prepare", "--data", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
                  "--text-field", "content"]) == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_missing_inputs_and_other_settings_in_the_same_folder_are_refused(corpus, tmp_path, capsys):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from quatrix import QuatrixLM
 from quatrix.cli import main
 from quatrix.config import preset
 from quatrix.train.memory import (CUDA_ALLOWANCE, StepPlan, check_recipe_stage, max_batch_size, measure, predict,
@@ -24,7 +25,7 @@ def test_predicted_peak_is_within_ten_percent_of_the_measured_one(name, batch, s
     assert abs(predicted["peak_bytes"] - measured["peak_bytes"]) <= 0.10 * measured["peak_bytes"]
     parts = predicted["parts"]
     assert parts["allowance"] == 0 and sum(parts.values()) == predicted["peak_bytes"]
-    params = sum(p.numel() for p in __import__("quatrix").QuatrixLM(plan.config).parameters()) * 4
+    params = sum(p.numel() for p in QuatrixLM(plan.config).parameters()) * 4
     assert parts["parameters"] == params
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quatrix.data.text import tokenizer_id
 from quatrix.io import atomic_path, atomic_write_json, sha256_file
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
@@ -189,8 +190,8 @@ def tokenize_unit(pieces: list[Piece]) -> np.ndarray:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    probe = tokenizer.encode("The quick brown fox, 1234 <think> ünïcödé")
-    return f"{tokenizer.kind}:{tokenizer.vocab_size}:{hashlib.sha256(json.dumps(probe).encode()).hexdigest()[:16]}"
+    """The token cache's tokenizer identity (kind, size, a probe's ids), hashed short."""
+    return hashlib.sha256(tokenizer_id(tokenizer).encode()).hexdigest()[:16]
 
 
 def prepare(data: list[str], tokenizer_name: str, out: str | Path, text_field: str = "text", workers: int = 1,

@@ -174,7 +174,7 @@ def prepare_tokens(sources: list[str], tokenizer, cache_dir: str | Path) -> dict
     covers the sources' identity and the tokenizer). `meta.json`, written last, records each
     file's token count and SHA-256; a cache that does not match it (a kill mid-build, a
     truncated or altered file) is rebuilt."""
-    key = hashlib.sha256(json.dumps([_source_id(s) for s in sources] + [_tokenizer_id(tokenizer)]).encode())
+    key = hashlib.sha256(json.dumps([_source_id(s) for s in sources] + [tokenizer_id(tokenizer)]).encode())
     directory = Path(cache_dir) / key.hexdigest()[:16]
     paths = {"train": directory / "train.bin", "val": directory / "val.bin"}
     problem = _cache_problem(directory, paths, tokenizer.vocab_size)
@@ -223,7 +223,7 @@ def _source_id(source: str) -> str:
     return json.dumps([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 
 
-def _tokenizer_id(tokenizer) -> str:
+def tokenizer_id(tokenizer) -> str:
     probe = tokenizer.encode("The quick brown fox, 1234 <think> ünïcödé")
     return f"{tokenizer.kind}:{tokenizer.vocab_size}:{probe}"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from unittest import mock
 
 import torch
@@ -116,7 +116,6 @@ class StepPlan:
     reference_model: bool = False  # GRPO with beta > 0 keeps a frozen copy
     temperature: float | None = None  # GRPO's log-probabilities
     chunked_loss: bool = True  # False: the plain loss over whole [B, L, V] logits, for comparison
-    extra: dict = field(default_factory=dict)
 
 
 def loss_region(model: torch.nn.Module, tracker: LiveBytes):

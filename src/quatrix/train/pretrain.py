@@ -42,7 +42,7 @@ from quatrix.tokenizer import load_tokenizer
 from quatrix.train import options
 from quatrix.train.options import BatchConfig, default, option
 from quatrix.train.trainer import MixtureObjective, Trainer
-from quatrix.validation import int_at_least, nonnegative_int, positive_int
+from quatrix.validation import int_at_least, nonnegative_int, positive_float, positive_int
 
 
 @dataclass
@@ -75,7 +75,7 @@ class PretrainConfig(BatchConfig):
     out: str = default("out", "runs/pretrain")
     eval_batches: int = option(20, parse=positive_int)
     cache_dir: str | None = option(None, help="token cache (default: OUT/../.token_cache)")
-    max_epochs: float | None = option(None, parse=float, help="refuse a run that would pass over the text more often than this "
+    max_epochs: float | None = option(None, parse=positive_float, help="refuse a run that would pass over the text more often than this "
                                                  "(default: only warn past 4 passes)")
     sample_tokens: int = option(48, parse=nonnegative_int, help="generate this many tokens at the end (0: none)")
 
