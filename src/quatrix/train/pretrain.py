@@ -32,8 +32,8 @@ from quatrix.data.mixture import Mixture, parse_mixture
 from quatrix.data.pairs import PairLoader
 from quatrix.data.speech import CORPORA as SPEECH_CORPORA
 from quatrix.data.speech import AudioTextSource
-from quatrix.data.prepare import ShardedTokens, is_prepared
-from quatrix.data.text import CORPORA, DEFAULT_CORPUS, TokenLoader, load_tokens, prepare_tokens
+from quatrix.data.shards import SPLITS, ShardedTokens
+from quatrix.data.text import CORPORA, DEFAULT_CORPUS, TokenLoader, token_folder
 from quatrix.data.world import WorldData, WorldLoader
 from quatrix.engine import generate
 from quatrix.eval.perplexity import evaluate_tokens
@@ -179,18 +179,13 @@ def build_data(options: PretrainConfig, tokenizer, config: QuatrixConfig, weight
 
 
 def text_tokens(sources: list[str], tokenizer, cache_dir: Path, d):
-    """Train and held-out token ids: the shards of a `quatrix data prepare` folder,
-    memory-mapped, or the token cache built here from corpora and files."""
-    prepared = [s for s in sources if is_prepared(s)]
-    if prepared:
-        if len(sources) > 1:
-            raise ValueError(f"--data {prepared[0]} is a prepared folder: give it alone (prepare every input into it)")
-        return tuple(ShardedTokens(prepared[0], split, tokenizer.vocab_size) for split in ("train", "val"))
+    """Train and held-out token ids, memory-mapped from a shard folder: a `quatrix data
+    prepare` folder, or the token cache built here from corpora and files."""
     if d.is_main:  # one process tokenizes; the others wait, then read the same files
-        prepare_tokens(sources, tokenizer, cache_dir)
+        token_folder(sources, tokenizer, cache_dir)
     d.barrier()
-    paths = prepare_tokens(sources, tokenizer, cache_dir)
-    return tuple(load_tokens(paths[s], tokenizer.vocab_size) for s in ("train", "val"))
+    folder = token_folder(sources, tokenizer, cache_dir)
+    return tuple(ShardedTokens(folder, split, tokenizer.vocab_size) for split in SPLITS)
 
 
 def check_epochs(options: PretrainConfig, weights: dict[str, float], corpus: int, world_size: int) -> None:
