@@ -4,18 +4,19 @@ well-known GPT-2 reproductions do), on one generated .jsonl corpus, in one run.
 
     python benchmarks/prepare.py --mb 200 --out runs/bench-prepare
 
-Each contender runs in its own process; its peak RSS is the largest resident size of that
-process or any of its workers (getrusage of the waited-for children). The corpus is
-Shakespeare's lines reshuffled into documents of 200-4,000 characters, so the text has
-real English token statistics."""
+Each contender runs in its own process; its peak RSS is sampled from /proc every 0.1 s,
+summed over that process and all its workers (and the largest single process is reported
+too). The corpus is Shakespeare's lines reshuffled into documents of 200-4,000 characters,
+so the text has real English token statistics."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,13 +56,54 @@ def make_corpus(path: Path, megabytes: int) -> None:
             written += len(line)
 
 
-def timed(argv: list[str]) -> tuple[float, str, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def tree_rss(root: int) -> tuple[int, int]:
+    """(sum, largest) resident bytes of `root` and its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    sizes = []
+    for pid in tree:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) * 1024)
+        except OSError:
+            continue
+    return sum(sizes), max(sizes, default=0)
+
+
+def timed(argv: list[str]) -> tuple[float, str, int, int]:
+    """Seconds, stdout, and the peak summed and largest RSS of the process tree (bytes)."""
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    peak = [0, 0]
+
+    def sample():
+        while process.poll() is None:
+            total, largest = tree_rss(process.pid)
+            peak[0], peak[1] = max(peak[0], total), max(peak[1], largest)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = process.communicate()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, done.stdout, max(peak, before) / 1024  # MiB; ru_maxrss is KiB on Linux
+    sampler.join()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed with status {process.returncode}")
+    return seconds, stdout, peak[0], peak[1]
 
 
 def main() -> int:
@@ -86,12 +128,13 @@ def main() -> int:
                      [sys.executable, "-m", "quatrix.cli", "data", "prepare", "--data", str(corpus), "--out",
                       str(folder), "--workers", str(workers), "--val-fraction", "0.005"]))
     for name, argv in runs:
-        seconds, stdout, rss = timed(argv)
+        seconds, stdout, rss, largest = timed(argv)
         tokens = int(stdout.split()[0]) if "baseline" in argv[1] else \
             sum(json.loads((Path(argv[argv.index("--out") + 1]) / "manifest.json").read_text())["tokens"].values())
         rows.append({"name": name, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-                     "peak_rss_mib_so_far": rss})
-        print(f"{name}: {tokens:,} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s", flush=True)
+                     "peak_rss_mib": rss / 2**20, "largest_process_rss_mib": largest / 2**20})
+        print(f"{name}: {tokens:,} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s, peak RSS "
+              f"{rss / 2**20:,.0f} MiB (largest process {largest / 2**20:,.0f} MiB)", flush=True)
     same = (out / "prepared-1").joinpath("manifest.json").read_text() == (out / "prepared-2").joinpath("manifest.json").read_text()
     result = {"corpus_bytes": size, "runs": rows, "identical_shards_1_vs_2_workers": same,
               "speedup_2_over_1": rows[2]["tokens_per_s"] / rows[1]["tokens_per_s"],

@@ -1,14 +1,14 @@
 """The `quatrix` command: one entry point and a registry from subcommand to the module that
 owns it. Each module has `add_arguments(parser)` and `main(args) -> exit status`; modules are
-imported only for the command that runs (and for `--help`)."""
+imported only for the command that runs (and for `--help`). Importing this module does not
+import torch, so the worker processes `quatrix data prepare` spawns (which re-import the main
+module) start in a fraction of a second."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-
-from quatrix.train.options import apply_config_file
 
 # command -> (module with add_arguments / main, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser(only)
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
+        from quatrix.train.options import apply_config_file  # here: importing cli stays light (no torch)
+
         subparser = parser._subparsers._group_actions[0].choices[args.command]
         args = apply_config_file(parser, subparser, argv, args)
     return args

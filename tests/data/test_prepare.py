@@ -10,7 +10,8 @@ import pytest
 
 import quatrix.data.prepare as prep
 from quatrix.cli import main
-from quatrix.data.prepare import ShardedTokens, prepare
+from quatrix.data.prepare import prepare
+from quatrix.data.shards import ShardedTokens
 from quatrix.tokenizer import load_tokenizer
 
 
@@ -39,7 +40,7 @@ def run(corpus, out, **kw):
 
 
 def test_every_document_is_tokenized_once_with_an_end_of_text(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "UNIT_CHARS", 2000)  # many units, many shards
+    monkeypatch.setattr(prep, "UNIT_BYTES", 2000)  # many units, many shards
     manifest = run(corpus, tmp_path / "p")
     tok = load_tokenizer("gpt2")
     train, val = (ShardedTokens(tmp_path / "p", s, tok.vocab_size) for s in ("train", "val"))
@@ -59,7 +60,7 @@ def test_every_document_is_tokenized_once_with_an_end_of_text(corpus, tmp_path, 
 
 
 def test_the_same_shards_for_any_number_of_workers_and_after_a_kill(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "UNIT_CHARS", 2000)
+    monkeypatch.setattr(prep, "UNIT_BYTES", 2000)
     run(corpus, tmp_path / "one")
     run(corpus, tmp_path / "two", workers=2)
     seen = []
@@ -97,6 +98,28 @@ def test_bad_input_is_named_with_its_file_and_line(tmp_path, make, message, caps
     assert re.search(message, capsys.readouterr().err)
 
 
+def test_a_txt_line_longer_than_a_unit_is_cut_between_characters(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "UNIT_BYTES", 101)  # odd: a cut at a fixed byte count would split "é"
+    text = "é" * 400 + " fin\n" + "ü" * 300
+    (tmp_path / "long.txt").write_text(text)
+    manifest = prepare([str(tmp_path / "long.txt")], "gpt2", tmp_path / "p", val_fraction=0.0)
+    tok = load_tokenizer("gpt2")
+    tokens = ShardedTokens(tmp_path / "p", "train", tok.vocab_size)[:].tolist()
+    assert manifest["tokens"]["val"] == 0 and tokens[-1] == tok.eot_id
+    assert tok.decode(tokens[:-1]) == text
+
+
+def test_a_parquet_column_that_is_not_text_is_named(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"content": [1, 2, 3]}), tmp_path / "in" / "n.parquet")
+    assert main(["data", "prepare", "--data", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--text-field", "content"]) == 2
+    assert re.search(r"n.parquet: column 'content' holds int64, not text", capsys.readouterr().err)
+
+
 def test_missing_inputs_and_other_settings_in_the_same_folder_are_refused(corpus, tmp_path, capsys):
     assert main(["data", "prepare", "--data", str(tmp_path / "nothing*.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "no input at" in capsys.readouterr().err
@@ -117,3 +140,13 @@ def test_pretrain_reads_a_prepared_folder_and_warns_about_epochs(corpus, tmp_pat
     err = capsys.readouterr().err
     assert "M-token corpus =" in err and "more than --max-epochs 4" in err
     assert not (tmp_path / "run2" / "checkpoint").exists()
+
+
+def test_the_workers_start_without_torch():
+    """Spawned workers re-import the main module (quatrix.cli) and this one: neither may pull
+    in torch, or each worker pays seconds and hundreds of MB for nothing."""
+    import subprocess
+    import sys
+
+    code = "import sys, quatrix.cli, quatrix.data.prepare; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

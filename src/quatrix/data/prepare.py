@@ -3,13 +3,18 @@
     quatrix data prepare --data fineweb/ --tokenizer gpt2 --out data/fineweb-gpt2 --workers 2
 
 Reads `.txt`, `.jsonl`, `.jsonl.gz` and `.parquet` files (any text column) from files,
-folders and globs, streaming: the reader holds one unit of text (about UNIT_CHARS
-characters) per worker in flight, and each split's writer at most one shard of tokens, so
-memory stays bounded whatever the input's size. Each document is followed by the
-end-of-text token; a document goes to the held-out split when a hash of its opening text
-falls under --val-fraction, so the split does not depend on the order or number of files.
+folders and globs, streaming. The main process only cuts the input into units: about
+UNIT_BYTES of raw bytes (whole lines of a .jsonl, whole lines of a .txt) or PARQUET_ROWS
+rows of a .parquet column. Worker processes parse, split and tokenize the units; the main
+process appends their tokens to the open shard file of each split. Memory therefore stays
+bounded whatever the input's size: at most 2 units per worker in flight (plus their tokens)
+and no shard held in memory (docs/design.md gives the figures).
 
-Units of text are tokenized in worker processes and written in input order: the same inputs
+Each document is followed by the end-of-text token; a document goes to the held-out split
+when a hash of its first 4,096 bytes falls under --val-fraction, so the split does not
+depend on the order or number of files. A .txt file is one document.
+
+Units are cut the same way for any --workers and written in input order: the same inputs
 give byte-identical shards for any --workers. A shard closes at the first unit boundary
 after --shard-tokens tokens; `progress.json` records the finished shards after each one, so
 a killed prepare resumes where its last shard ended, and `manifest.json`, written last,
@@ -21,6 +26,7 @@ Hugging Face cache, and its shard format is the one `quatrix pretrain --data DIR
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -33,20 +39,30 @@ from pathlib import Path
 
 import numpy as np
 
-from quatrix.data.text import tokenizer_id
-from quatrix.io import atomic_path, atomic_write_json, sha256_file
+from quatrix.data.shards import (MANIFEST, PROGRESS, SPLITS, ShardWriter, shard_problem, token_dtype,
+                                 tokenizer_fingerprint, write_manifest)
+from quatrix.io import atomic_write_json
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
-UNIT_CHARS = 1 << 20  # characters of text per unit of work
-TXT_BLOCK = 1 << 20  # a .txt file is read in blocks of this many bytes, cut at a newline
-MANIFEST, PROGRESS = "manifest.json", "progress.json"
+UNIT_BYTES = 1 << 20  # raw bytes of a .jsonl or .txt per unit of work, extended to the end of a line
+PARQUET_ROWS = 512  # rows of a .parquet column per unit of work
+OPENING_BYTES = 4096  # the held-out split hashes this much of each document
 
 
 @dataclass(frozen=True)
-class Piece:
-    """Text of one document (or a block of a long .txt document); `last` ends the document."""
-    text: str
-    last: bool
+class Unit:
+    """A slice of one input file: cut by the main process, parsed and tokenized by a worker.
+
+    `data` is raw bytes (.jsonl, .txt) or a pyarrow string array (.parquet); `first` the
+    number of its first line or row, `offset` its byte offset in the file (for messages).
+    A .txt unit belongs to `split` as a whole (the file is one document) and `last` ends it."""
+    path: str
+    kind: str
+    data: object
+    first: int
+    offset: int = 0
+    split: str | None = None
+    last: bool = True
 
 
 def input_files(paths: list[str]) -> list[Path]:
@@ -64,45 +80,131 @@ def input_files(paths: list[str]) -> list[Path]:
     return sorted(set(found), key=str)
 
 
-def documents(path: Path, text_field: str) -> Iterator[list[Piece]]:
-    """The documents of one file, each as its pieces (one piece, except for long .txt files)."""
-    name = path.name
-    if name.endswith(".txt"):
-        yield list(_txt_blocks(path))
-    elif name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            for line_no, raw in enumerate(f, 1):
-                if raw.strip():
-                    yield [Piece(_field(_json_line(raw, path, line_no), text_field, f"{path}:{line_no}"), True)]
-    else:
-        yield from _parquet_documents(path, text_field)
+# ---------------------------------------------------------------------- cutting (main process)
+def units(files: list[Path], text_field: str, val_fraction: float) -> Iterator[Unit]:
+    """The units of every file, in input order; cheap work only (reading, finding line ends)."""
+    for path in files:
+        if path.name.endswith(".txt"):
+            yield from _txt_units(path, val_fraction)
+        elif path.name.endswith((".jsonl", ".jsonl.gz")):
+            yield from _jsonl_units(path)
+        else:
+            yield from _parquet_units(path, text_field)
 
 
-def _txt_blocks(path: Path) -> Iterator[Piece]:
+def _jsonl_units(path: Path) -> Iterator[Unit]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        line = 1
+        while block := f.read(UNIT_BYTES):
+            block += f.readline()
+            yield Unit(str(path), "jsonl", block, line)
+            line += block.count(b"\n")
+
+
+def _txt_units(path: Path, val_fraction: float) -> Iterator[Unit]:
+    """Blocks of the file cut after a newline (or, in a line longer than a block, between
+    characters); the file's split comes from its opening bytes."""
     with open(path, "rb") as f:
+        split = "val" if held_out(f.read(OPENING_BYTES), val_fraction) else "train"
+        f.seek(0)
         carry, offset, line = b"", 0, 1
         while True:
-            block = f.read(TXT_BLOCK)
+            block = f.read(UNIT_BYTES)
             data = carry + block
-            cut = data.rfind(b"\n") + 1 if block else len(data)
-            cut = cut or len(data)
+            cut = len(data)
+            if block:
+                cut = data.rfind(b"\n") + 1 or _char_boundary(data)
             chunk, carry = data[:cut], data[cut:]
-            try:
-                text = chunk.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad_line = line + chunk[: e.start].count(b"\n")
-                raise ValueError(f"{path}:{bad_line}: not UTF-8 (byte {offset + e.start})") from None
+            yield Unit(str(path), "txt", chunk, line, offset, split, last=not block)
+            if not block:
+                return
             line += chunk.count(b"\n")
             offset += len(chunk)
-            if not block:
-                yield Piece(text, True)
-                return
-            if text:
-                yield Piece(text, False)
 
 
-def _json_line(raw: bytes, path: Path, line_no: int):
+def _char_boundary(data: bytes) -> int:
+    """A cut of `data` (a block with no newline) before its last UTF-8 character, so no
+    character is split (continuation bytes are 0b10xxxxxx)."""
+    cut = len(data) - 1
+    while cut > 0 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut or len(data)
+
+
+def _parquet_units(path: Path, field: str) -> Iterator[Unit]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SystemExit("reading .parquet needs pyarrow: pip install 'quatrix[data]'") from None
+    try:
+        reader = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's errors have no common base worth naming
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    schema = reader.schema_arrow
+    if field not in schema.names:
+        raise ValueError(f"{path}: no {field!r} column (it has: {', '.join(schema.names)}); choose one with --text-field")
+    kind = schema.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ValueError(f"{path}: column {field!r} holds {kind}, not text")
+    row = 1
+    for batch in reader.iter_batches(batch_size=PARQUET_ROWS, columns=[field]):
+        yield Unit(str(path), "parquet", batch.column(0), row)
+        row += batch.num_rows
+
+
+# ---------------------------------------------------------------------- tokenizing (workers)
+def held_out(opening: bytes, val_fraction: float) -> bool:
+    """A stable, order-free split: the document's first OPENING_BYTES bytes of UTF-8, hashed."""
+    digest = hashlib.sha256(opening[:OPENING_BYTES]).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_name: str, text_field: str, val_fraction: float) -> None:
+    from quatrix.tokenizer import load_tokenizer
+
+    _WORKER.update(tokenizer=load_tokenizer(tokenizer_name), text_field=text_field, val_fraction=val_fraction)
+
+
+def tokenize_unit(unit: Unit) -> dict[str, np.ndarray]:
+    """Each split's token ids of a unit, end-of-text after each document (one thread: the
+    workers scale it)."""
+    tok, val_fraction = _WORKER["tokenizer"], _WORKER["val_fraction"]
+    ids: dict[str, list[int]] = {s: [] for s in SPLITS}
+    if unit.kind == "txt":
+        ids[unit.split] += tok.encode(_decode_txt(unit))
+        if unit.last:
+            ids[unit.split].append(tok.eot_id)
+    else:
+        for text in _documents(unit, _WORKER["text_field"]):
+            split = "val" if held_out(text[:OPENING_BYTES].encode("utf-8", "surrogatepass"), val_fraction) else "train"
+            ids[split] += tok.encode(text)
+            ids[split].append(tok.eot_id)
+    return {s: np.asarray(ids[s], dtype=token_dtype(tok.vocab_size)) for s in SPLITS}
+
+
+def _documents(unit: Unit, field: str) -> Iterator[str]:
+    if unit.kind == "parquet":
+        yield from (value for value in unit.data.to_pylist() if value is not None)
+        return
+    for line_no, raw in enumerate(unit.data.split(b"\n"), unit.first):
+        if raw.strip():
+            yield _field(_json_line(raw, unit.path, line_no), field, f"{unit.path}:{line_no}")
+
+
+def _decode_txt(unit: Unit) -> str:
+    try:
+        return unit.data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = unit.first + unit.data[: e.start].count(b"\n")
+        raise ValueError(f"{unit.path}:{line}: not UTF-8 (byte {unit.offset + e.start})") from None
+
+
+def _json_line(raw: bytes, path: str, line_no: int):
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -121,79 +223,7 @@ def _field(record, field: str, where: str) -> str:
     return value
 
 
-def _parquet_documents(path: Path, field: str) -> Iterator[list[Piece]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise SystemExit("reading .parquet needs pyarrow: pip install 'quatrix[data]'") from None
-    try:
-        reader = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow's errors have no common base worth naming
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-    columns = reader.schema_arrow.names
-    if field not in columns:
-        raise ValueError(f"{path}: no {field!r} column (it has: {', '.join(columns)}); choose one with --text-field")
-    row = 0
-    for batch in reader.iter_batches(batch_size=1024, columns=[field]):
-        for value in batch.column(0).to_pylist():
-            row += 1
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise ValueError(f"{path}: row {row}: {field!r} is {type(value).__name__}, not text")
-            yield [Piece(value, True)]
-
-
-def held_out(first_piece: str, val_fraction: float) -> bool:
-    """A stable, order-free split: the document's opening text, hashed."""
-    digest = hashlib.sha256(first_piece[:4096].encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
-
-
-def units(files: list[Path], text_field: str, val_fraction: float) -> Iterator[tuple[str, list[Piece]]]:
-    """(split, pieces) units of about UNIT_CHARS characters, in input order, one split each."""
-    pending = {"train": ([], 0), "val": ([], 0)}
-    for path in files:
-        for doc in documents(path, text_field):
-            split = "val" if held_out(doc[0].text, val_fraction) else "train"
-            pieces, chars = pending[split]
-            pieces += doc
-            chars += sum(len(p.text) for p in doc)
-            if chars >= UNIT_CHARS:
-                yield split, pieces
-                pieces, chars = [], 0
-            pending[split] = (pieces, chars)
-    for split, (pieces, _) in pending.items():
-        if pieces:
-            yield split, pieces
-
-
-_TOKENIZER = None
-
-
-def _init_worker(tokenizer_name: str) -> None:
-    from quatrix.tokenizer import load_tokenizer
-
-    global _TOKENIZER
-    _TOKENIZER = load_tokenizer(tokenizer_name)
-
-
-def tokenize_unit(pieces: list[Piece]) -> np.ndarray:
-    """Token ids of a unit, end-of-text after each document (one thread: workers scale it)."""
-    tok = _TOKENIZER
-    ids: list[int] = []
-    for piece in pieces:
-        ids += tok.encode(piece.text)
-        if piece.last:
-            ids.append(tok.eot_id)
-    return np.asarray(ids, dtype=np.uint16 if tok.vocab_size <= 2**16 else np.uint32)
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """The token cache's tokenizer identity (kind, size, a probe's ids), hashed short."""
-    return hashlib.sha256(tokenizer_id(tokenizer).encode()).hexdigest()[:16]
-
-
+# ---------------------------------------------------------------------- writing (main process)
 def prepare(data: list[str], tokenizer_name: str, out: str | Path, text_field: str = "text", workers: int = 1,
             shard_tokens: int = 100_000_000, val_fraction: float = 0.005, progress=None) -> dict:
     """Tokenize `data` into OUT; resumes a killed prepare of the same inputs. The manifest."""
@@ -208,25 +238,28 @@ def prepare(data: list[str], tokenizer_name: str, out: str | Path, text_field: s
     settings = {"inputs": [[str(f.resolve()), f.stat().st_size] for f in files], "text_field": text_field,
                 "tokenizer": tokenizer_name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
                 "vocab_size": tokenizer.vocab_size, "shard_tokens": shard_tokens, "val_fraction": val_fraction,
-                "dtype": "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"}
+                "dtype": token_dtype(tokenizer.vocab_size).name}
     done = _resume_state(out, settings)
     if done.get("complete"):
         return done["manifest"]
     out.mkdir(parents=True, exist_ok=True)
-    writers = {s: _Writer(out, s, done["shards"], done["last_unit"].get(s, -1)) for s in ("train", "val")}
-    stream = ((i, split, pieces) for i, (split, pieces) in enumerate(units(files, text_field, val_fraction))
-              if i > writers[split].last_unit)
-    for index, split, tokens in _tokenized(stream, tokenizer_name, workers):
-        if writers[split].add(index, tokens, shard_tokens):
-            atomic_write_json(out / PROGRESS, {"settings": settings, "shards": _all_shards(writers),
-                                               "last_unit": {s: w.last_unit for s, w in writers.items()}})
-        if progress is not None:
-            progress(len(tokens))
-    for w in writers.values():
-        w.flush()
+    with contextlib.ExitStack() as stack:
+        writers = {s: stack.enter_context(ShardWriter(out, s, done["shards"], done["last_unit"].get(s, -1)))
+                   for s in SPLITS}
+        resume_from = min(w.last_unit for w in writers.values()) + 1
+        stream = ((i, unit) for i, unit in enumerate(units(files, text_field, val_fraction)) if i >= resume_from)
+        for index, tokens in _tokenized(stream, (tokenizer_name, text_field, val_fraction), workers):
+            closed = [writers[s].add(index, tokens[s], shard_tokens) for s in SPLITS]
+            if any(closed):
+                atomic_write_json(out / PROGRESS, {"settings": settings, "shards": _all_shards(writers),
+                                                   "last_unit": {s: w.last_unit for s, w in writers.items()}})
+            if progress is not None:
+                progress(sum(len(t) for t in tokens.values()))
+        for w in writers.values():
+            w.close()
     manifest = {**settings, "shards": _all_shards(writers),
                 "tokens": {s: sum(x["tokens"] for x in w.shards) for s, w in writers.items()}}
-    atomic_write_json(out / MANIFEST, manifest)
+    write_manifest(out, manifest)
     (out / PROGRESS).unlink(missing_ok=True)
     return manifest
 
@@ -245,126 +278,34 @@ def _resume_state(out: Path, settings: dict) -> dict:
             {k: state.get(k) for k in settings}
         if recorded != settings:
             raise FileExistsError(f"{out} holds a prepare of other inputs or settings; choose another --out or delete it")
-        for shard in state["shards"]:
-            file = out / shard["file"]
-            if not file.is_file() or sha256_file(file) != shard["sha256"]:
-                raise ValueError(f"{file} is missing or does not match its checksum; delete {out} and prepare again")
+        problem = shard_problem(out, state["shards"], np.dtype(settings["dtype"]).itemsize)
+        if problem:
+            raise ValueError(f"{out}: {problem}; delete {out} and prepare again")
         if name == MANIFEST:
             return {"complete": True, "manifest": state}
         return state
     return {"shards": [], "last_unit": {}}
 
 
-class _Writer:
-    """One split's shards: tokens buffered until a shard is due, each shard written atomically."""
-
-    def __init__(self, out: Path, split: str, shards: list[dict], last_unit: int):
-        self.out, self.split, self.last_unit = out, split, last_unit
-        self.shards = [s for s in shards if s["split"] == split]
-        self.buffer: list[np.ndarray] = []
-        self.buffered = 0
-        self.pending_unit = last_unit
-
-    def add(self, index: int, tokens: np.ndarray, shard_tokens: int) -> bool:
-        """Buffer a unit; True when that closed a shard."""
-        self.buffer.append(tokens)
-        self.buffered += len(tokens)
-        self.pending_unit = index
-        if self.buffered >= shard_tokens:
-            self.flush()
-            return True
-        return False
-
-    def flush(self) -> None:
-        if not self.buffered:
-            return
-        path = self.out / f"{self.split}_{len(self.shards):05d}.bin"
-        with atomic_path(path) as tmp:
-            np.concatenate(self.buffer).tofile(tmp)
-        self.shards.append({"file": path.name, "split": self.split, "tokens": self.buffered,
-                            "sha256": sha256_file(path)})
-        self.buffer, self.buffered, self.last_unit = [], 0, self.pending_unit
-
-
 def _all_shards(writers: dict) -> list[dict]:
     return [s for w in writers.values() for s in w.shards]
 
 
-def _tokenized(stream, tokenizer_name: str, workers: int):
-    """(index, split, tokens) in input order; `workers` processes, at most 2 units each in flight."""
+def _tokenized(stream, init_args: tuple, workers: int):
+    """(index, tokens per split) in input order; `workers` processes, at most 2 units each in flight."""
     if workers == 1:
-        _init_worker(tokenizer_name)
-        for index, split, pieces in stream:
-            yield index, split, tokenize_unit(pieces)
+        _init_worker(*init_args)
+        for index, unit in stream:
+            yield index, tokenize_unit(unit)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer_name,)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
         flight: deque = deque()
-        for index, split, pieces in stream:
-            flight.append((index, split, pool.apply_async(tokenize_unit, (pieces,))))
+        for index, unit in stream:
+            flight.append((index, pool.apply_async(tokenize_unit, (unit,))))
             if len(flight) >= 2 * workers:
-                i, s, result = flight.popleft()
-                yield i, s, result.get()
+                i, result = flight.popleft()
+                yield i, result.get()
         while flight:
-            i, s, result = flight.popleft()
-            yield i, s, result.get()
-
-
-class ShardedTokens:
-    """A split of a prepared folder as one sequence of token ids: the shards, memory-mapped
-    in order, sliced across shard boundaries (what TokenLoader and evaluation index)."""
-
-    def __init__(self, directory: str | Path, split: str, vocab_size: int):
-        directory = Path(directory)
-        manifest = read_manifest(directory)
-        if manifest["vocab_size"] != vocab_size:
-            raise ValueError(f"{directory} was prepared with a {manifest['vocab_size']}-token vocabulary "
-                             f"({manifest['tokenizer']}); this model's tokenizer has {vocab_size}")
-        dtype = np.dtype(manifest["dtype"])
-        self.shards = []
-        for shard in (s for s in manifest["shards"] if s["split"] == split):
-            path = directory / shard["file"]
-            if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
-                raise ValueError(f"{path} is missing or not the {shard['tokens']} tokens its manifest records")
-            self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
-        if not self.shards:
-            raise ValueError(f"{directory} has no {split} tokens (prepared with --val-fraction "
-                             f"{manifest['val_fraction']}); prepare it with a larger corpus or fraction")
-        self.starts = np.cumsum([0] + [len(s) for s in self.shards])
-        self.dtype = dtype
-        top = self.max()  # checked once here, so training can skip per-step value checks
-        if top >= vocab_size:
-            raise ValueError(f"{directory} holds token id {top}, outside the vocabulary [0, {vocab_size})")
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        if not isinstance(index, slice) or index.step not in (None, 1):
-            raise TypeError("ShardedTokens takes contiguous slices")
-        start, stop, _ = index.indices(len(self))
-        parts, at = [], start
-        while at < stop:
-            k = int(np.searchsorted(self.starts, at, side="right")) - 1
-            end = min(stop, int(self.starts[k + 1]))
-            parts.append(self.shards[k][at - self.starts[k] : end - self.starts[k]])
-            at = end
-        return np.concatenate(parts) if len(parts) != 1 else np.asarray(parts[0])
-
-    def max(self) -> int:
-        return max(int(s.max()) for s in self.shards)
-
-
-def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        hint = " (a prepare was interrupted: run it again to finish)" if (Path(directory) / PROGRESS).exists() else ""
-        raise FileNotFoundError(f"{path} not found: {directory} is not a prepared folder{hint}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"{path} is damaged; prepare the folder again") from None
-
-
-def is_prepared(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file() or (Path(path) / PROGRESS).is_file()
+            i, result = flight.popleft()
+            yield i, result.get()
