@@ -1,7 +1,8 @@
 """`quatrix serve`: an OpenAI-compatible HTTP API and a web chat page (FastAPI).
 
     POST /v1/chat/completions   messages -> assistant reply (the Quatrix chat format)
-    POST /v1/completions        prompt -> continuation
+    POST /v1/completions        prompt(s), text or token ids -> continuation (echo, logprobs)
+    POST /tokenize, /detokenize text or messages <-> token ids (vLLM's shapes)
     GET  /v1/models             the one model served
     GET  /health                liveness and load
     GET  /                      the web chat page (static/index.html)
@@ -13,6 +14,10 @@ the request and response shapes live in quatrix.serve.protocol. Errors are OpenA
 field of the wrong type or out of range, a bad role, a prompt that does not fit the
 context), 401 without the API key, 413 for an oversized body, 429 when the waiting queue is
 full.
+
+Log-probabilities (`logprobs` on completions, `logprobs`/`top_logprobs` on chat) are those of
+the model's own distribution, computed in fp32 before temperature, top-k or top-p, as vLLM
+and OpenAI report them; with `echo` the prompt's tokens are scored too (the first has none).
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from pydantic import ValidationError
 
 from quatrix.chat import END, REASONING_TAGS, check_messages, render
 from quatrix.engine import Sampling
-from quatrix.serve.protocol import (MAX_STOP, APIError, ChatBody, CompletionBody, ResponseShape, chat_messages,
-                                    error_response, validation_message)
-from quatrix.serve.scheduler import Delta, Done, Failed, QueueFull, Request, Scheduler
+from quatrix.serve.protocol import (MAX_STOP, APIError, ChatBody, CompletionBody, DetokenizeBody, ResponseShape,
+                                    TokenizeBody, chat_messages, error_response, validation_message)
+from quatrix.serve.scheduler import Delta, Done, Echo, Failed, QueueFull, Request, Scheduler
 from quatrix.tokenizer import EOT
 
 router = APIRouter()
+TOKEN_ROUTES = ("/tokenize", "/detokenize")  # guarded like /v1/
 
 
 @dataclass
@@ -88,7 +94,7 @@ def _server(http: HTTPRequest) -> Server:
 async def guard(request: HTTPRequest, call_next):
     """The API key and the body-size limit, before a /v1/ route runs."""
     server = _server(request)
-    if request.url.path.startswith("/v1/"):
+    if request.url.path.startswith("/v1/") or request.url.path in TOKEN_ROUTES:
         if server.api_key is not None:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {server.api_key}".encode()):
@@ -113,24 +119,55 @@ async def chat_completions(http: HTTPRequest):
     except ValueError as e:
         raise APIError(400, str(e), param="messages") from None
     limit = budget(server, prompt, body.max_completion_tokens or body.max_tokens)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     request = Request(prompt, limit, sink=None, sampling=sampling(body), n=body.n, stop=stops(body),
-                      seed=body.seed, media=media)
-    return await run(server, request, body, "chat")
+                      seed=body.seed, media=media, logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    return await run(server, [request], body, "chat")
 
 
 @router.post("/v1/completions")
 async def completions(http: HTTPRequest):
     server = _server(http)
     body = await read_body(http, CompletionBody)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if len(prompts) != 1:
-        raise APIError(400, f"one prompt per request, got {len(prompts)}", param="prompt")
-    prompt = server.tokenizer.encode(prompts[0])
-    if not prompt:
-        raise APIError(400, "the prompt is empty", param="prompt")
-    limit = budget(server, prompt, body.max_tokens)
-    request = Request(prompt, limit, sink=None, sampling=sampling(body), n=body.n, stop=stops(body), seed=body.seed)
-    return await run(server, request, body, "text")
+    prompts = prompt_batch(server, body.prompt)
+    if len(prompts) * body.n > server.scheduler.max_batch:
+        raise APIError(400, f"{len(prompts)} prompts x n={body.n} is more than the server decodes at once "
+                            f"(max_batch={server.scheduler.max_batch})", param="prompt")
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens 0 generates nothing: it needs echo: true (to score the prompt)",
+                       param="max_tokens")
+    requests = [Request(prompt, budget(server, prompt, body.max_tokens), sink=None, sampling=sampling(body), n=body.n,
+                        stop=stops(body), seed=None if body.seed is None else body.seed + i, logprobs=body.logprobs,
+                        echo=body.echo)
+                for i, prompt in enumerate(prompts)]
+    return await run(server, requests, body, "text")
+
+
+@router.post("/tokenize")
+async def tokenize(http: HTTPRequest):
+    server = _server(http)
+    body = await read_body(http, TokenizeBody)
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "give exactly one of prompt (text) and messages (a conversation)", param="prompt")
+    if body.prompt is not None:
+        tokens = server.tokenizer.encode(body.prompt)
+    else:
+        messages, _ = chat_messages(body.messages, server.model)
+        try:
+            check_messages(messages)
+            tokens, _ = render(messages, server.tokenizer, add_generation_prompt=body.add_generation_prompt)
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from None
+    return {"count": len(tokens), "max_model_len": server.model.config.max_seq_len, "tokens": tokens}
+
+
+@router.post("/detokenize")
+async def detokenize(http: HTTPRequest):
+    server = _server(http)
+    body = await read_body(http, DetokenizeBody)
+    check_ids(server, body.tokens, "tokens")
+    return {"prompt": server.tokenizer.decode(body.tokens)}
 
 
 @router.get("/v1/models")
@@ -178,6 +215,30 @@ async def read_body(request: HTTPRequest, schema):
         raise APIError(400, message, param=param) from None
 
 
+def prompt_batch(server: Server, prompt) -> list[list[int]]:
+    """A completions `prompt` (text, token ids, or a list of either) as token-id prompts."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise APIError(400, "prompt is an empty batch", param="prompt")
+    batch = []
+    for i, item in enumerate(prompt):
+        ids = server.tokenizer.encode(item) if isinstance(item, str) else item
+        where = "prompt" if len(prompt) == 1 else f"prompt.{i}"
+        if not ids:
+            raise APIError(400, f"{where} is empty", param=where)
+        check_ids(server, ids, where)
+        batch.append(ids)
+    return batch
+
+
+def check_ids(server: Server, ids: list[int], param: str) -> None:
+    vocab = server.model.config.vocab_size
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise APIError(400, f"{param} holds token id {bad}, outside the vocabulary [0, {vocab})", param=param)
+
+
 def budget(server: Server, prompt: list[int], requested: int | None) -> int:
     """New tokens for the reply: as asked if the context has room, else the room (at most the default)."""
     context = server.model.config.max_seq_len
@@ -205,36 +266,61 @@ def sampling(body) -> Sampling:
     return Sampling(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
 
 
-async def run(server: Server, request: Request, body, kind: str):
-    """Submit; then stream SSE chunks, or gather them into one response."""
+async def run(server: Server, requests: list[Request], body, kind: str):
+    """Submit every prompt's request; then stream SSE chunks, or gather them into one
+    response. Choice `p * n + i` is choice i of prompt p."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    request.sink = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+    for p, request in enumerate(requests):
+        request.sink = lambda event, p=p: loop.call_soon_threadsafe(queue.put_nowait, (p, event))
     try:
-        server.scheduler.submit(request)
+        for request in requests:
+            server.scheduler.submit(request)
     except QueueFull as e:
+        for request in requests:
+            request.cancel()
         raise APIError(429, str(e), kind="rate_limit_error", headers={"Retry-After": "1"}) from None
     except ValueError as e:
         raise APIError(400, str(e), param="n") from None
     rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    shape = ResponseShape(rid, kind, server.model_name)
+    logprobs = requests[0].logprobs
+    shape = ResponseShape(rid, kind, server.model_name, server.tokenizer, logprobs)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_sse(queue, request, shape, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(queue, requests, shape, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    texts, reasons = [""] * request.n, [None] * request.n
+    n = requests[0].n
+    choices = len(requests) * n
+    texts, reasons = [""] * choices, [None] * choices
+    entries = [[] for _ in range(choices)] if logprobs is not None else None
+    done = Done(0, 0)
+    finished = 0
     try:
-        while True:
-            event = await queue.get()
-            if isinstance(event, Delta):
-                texts[event.index] += event.text
-                reasons[event.index] = event.finish_reason or reasons[event.index]
+        while finished < len(requests):
+            p, event = await queue.get()
+            if isinstance(event, Echo):
+                for c in range(p * n, (p + 1) * n):
+                    texts[c] = server.tokenizer.decode([e.token for e in event.entries])
+                    if entries is not None:
+                        entries[c] += event.entries
+            elif isinstance(event, Delta):
+                c = p * n + event.index
+                texts[c] += event.text
+                reasons[c] = event.finish_reason or reasons[c]
+                if entries is not None:
+                    entries[c] += event.logprobs
             elif isinstance(event, Failed):
                 raise APIError(500, event.message, kind="server_error")
             elif isinstance(event, Done):
-                return JSONResponse(shape.whole(texts, reasons, event))
+                done = Done(done.prompt_tokens + event.prompt_tokens, done.completion_tokens + event.completion_tokens)
+                if event.completion_tokens == 0 and requests[p].max_tokens == 0:
+                    for c in range(p * n, (p + 1) * n):
+                        reasons[c] = "length"
+                finished += 1
+        return JSONResponse(shape.whole(texts, reasons, done, entries))
     finally:
-        request.cancel()  # a no-op when it finished; frees the rows if the client left
+        for request in requests:
+            request.cancel()  # a no-op when it finished; frees the rows if the client left
 
 
 def scheduler_for(model, tokenizer, **kwargs) -> Scheduler:
@@ -245,29 +331,45 @@ def scheduler_for(model, tokenizer, **kwargs) -> Scheduler:
                      hidden_token_ids=hidden, **kwargs)
 
 
-async def _sse(queue: asyncio.Queue, request: Request, shape: ResponseShape, include_usage: bool):
-    """Server-sent events: `data: {chunk}` per delta, the usage chunk if asked, `data: [DONE]`.
-    If the client goes away the generator is closed and the request cancelled, which frees
-    its rows in the batch."""
+async def _sse(queue: asyncio.Queue, requests: list[Request], shape: ResponseShape, include_usage: bool):
+    """Server-sent events: `data: {chunk}` per delta (an echoed prompt first), the usage chunk
+    if asked, `data: [DONE]`. If the client goes away the generator is closed and the
+    requests cancelled, which frees their rows in the batch."""
     def event(data) -> str:
         return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
 
+    n = requests[0].n
+    offsets = [0] * (len(requests) * n)  # characters sent per choice: text_offset of the next token
+    done, finished = Done(0, 0), 0
     try:
         if shape.kind == "chat":
-            for i in range(request.n):
+            for i in range(len(requests) * n):
                 yield event(shape.chunk(i, "", None, first=True))
-        while True:
-            item = await queue.get()
-            if isinstance(item, Delta):
-                yield event(shape.chunk(item.index, item.text, item.finish_reason))
+        while finished < len(requests):
+            p, item = await queue.get()
+            if isinstance(item, Echo):
+                text = shape.tokenizer.decode([e.token for e in item.entries])
+                for c in range(p * n, (p + 1) * n):
+                    yield event(shape.chunk(c, text, None, entries=item.entries, offset=0))
+                    offsets[c] = len(text)
+            elif isinstance(item, Delta):
+                c = p * n + item.index
+                yield event(shape.chunk(c, item.text, item.finish_reason, entries=item.logprobs, offset=offsets[c]))
+                offsets[c] += sum(len(shape.token_text(e.token)) for e in item.logprobs) if item.logprobs else len(item.text)
             elif isinstance(item, Failed):
                 yield event({"error": {"message": item.message, "type": "server_error", "param": None,
                                        "code": 500}})
                 break
             elif isinstance(item, Done):
-                if include_usage:
-                    yield event(shape.usage_chunk(item))
-                break
+                done = Done(done.prompt_tokens + item.prompt_tokens, done.completion_tokens + item.completion_tokens)
+                if requests[p].max_tokens == 0:
+                    for c in range(p * n, (p + 1) * n):
+                        yield event(shape.chunk(c, "", "length"))
+                finished += 1
+        else:
+            if include_usage:
+                yield event(shape.usage_chunk(done))
         yield event("[DONE]")
     finally:
-        request.cancel()
+        for request in requests:
+            request.cancel()

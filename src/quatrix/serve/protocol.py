@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quatrix.media import image_to_tensor, model_inputs, modality, read_audio
-from quatrix.serve.scheduler import Done
+from quatrix.serve.scheduler import Done, TokenLogprob
 
 MAX_STOP = 4
 
@@ -64,13 +64,39 @@ class Message(BaseModel):
     content: str | list[ContentPart]
 
 
+MAX_LOGPROBS = 20  # alternatives per position, as OpenAI's API allows
+
+
 class ChatBody(_Body):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
 
 
 class CompletionBody(_Body):
-    prompt: str | list[str]
+    """A prompt is text or token ids; a list of either is a batch (one choice per prompt x n)."""
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0 with echo: score the prompt only
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+
+
+class TokenizeBody(BaseModel):
+    """vLLM's /tokenize: text (`prompt`) or a conversation (`messages`, rendered in the chat format)."""
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
+    add_generation_prompt: bool = True
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    tokens: list[int]
 
 
 class APIError(Exception):
@@ -158,34 +184,65 @@ def _decode_audio(part: ContentPart, config, param: str):
 
 
 class ResponseShape:
-    """The OpenAI response and chunk objects of one request."""
+    """The OpenAI response and chunk objects of one request (`n` choices per prompt)."""
 
-    def __init__(self, rid: str, kind: str, model: str):
+    def __init__(self, rid: str, kind: str, model: str, tokenizer=None, logprobs: int | None = None):
         self.rid, self.kind, self.model, self.created = rid, kind, model, int(time.time())
+        self.tokenizer, self.logprobs = tokenizer, logprobs
 
     def _head(self, object_name: str) -> dict[str, Any]:
         return {"id": self.rid, "object": object_name, "created": self.created, "model": self.model}
 
-    def whole(self, texts, reasons, done: Done) -> dict:
+    def whole(self, texts, reasons, done: Done, entries=None) -> dict:
+        """`entries[i]`: choice i's TokenLogprob list (echoed prompt first), when asked for."""
         if self.kind == "chat":
-            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
+            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r,
+                        "logprobs": self.chat_logprobs(entries[i]) if entries is not None else None}
                        for i, (t, r) in enumerate(zip(texts, reasons))]
             return {**self._head("chat.completion"), "choices": choices, "usage": usage(done)}
-        choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
+        choices = [{"index": i, "text": t, "finish_reason": r,
+                    "logprobs": self.text_logprobs(entries[i], 0) if entries is not None else None}
                    for i, (t, r) in enumerate(zip(texts, reasons))]
         return {**self._head("text_completion"), "choices": choices, "usage": usage(done)}
 
-    def chunk(self, index: int, text: str, reason: str | None, first: bool = False) -> dict:
+    def chunk(self, index: int, text: str, reason: str | None, first: bool = False,
+              entries: list[TokenLogprob] | None = None, offset: int = 0) -> dict:
         if self.kind == "chat":
             delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
-            choice = {"index": index, "delta": delta, "finish_reason": reason}
+            choice = {"index": index, "delta": delta, "finish_reason": reason,
+                      "logprobs": self.chat_logprobs(entries) if entries else None}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        logprobs = self.text_logprobs(entries, offset) if entries is not None and self.logprobs is not None else None
         return {**self._head("text_completion"),
-                "choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": None}]}
+                "choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}]}
 
     def usage_chunk(self, done: Done) -> dict:
         name = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         return {**self._head(name), "choices": [], "usage": usage(done)}
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    def text_logprobs(self, entries: list[TokenLogprob], offset: int) -> dict:
+        """The legacy completions shape: parallel lists, `text_offset` counted from `offset`."""
+        tokens = [self.token_text(e.token) for e in entries]
+        offsets = []
+        for text in tokens:
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [None if e.logprob is None else {self.token_text(t): v for t, v in e.top}
+                                 for e in entries],
+                "text_offset": offsets}
+
+    def chat_logprobs(self, entries: list[TokenLogprob]) -> dict:
+        """The chat shape: one object per token, with its UTF-8 bytes."""
+        def item(token: int, logprob: float) -> dict:
+            text = self.token_text(token)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+        return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
+                            for e in entries]}
 
 
 def usage(done: Done) -> dict:

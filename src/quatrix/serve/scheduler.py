@@ -31,12 +31,46 @@ class QueueFull(Exception):
 
 
 @dataclass
+class TokenLogprob:
+    """One token's log-probability under the model's distribution (fp32, before temperature,
+    top-k or top-p) and the `k` most likely tokens at its position, as (id, log-probability).
+    The first token of a prompt has no log-probability (None) and no alternatives."""
+
+    token: int
+    logprob: float | None
+    top: list[tuple[int, float]]
+
+
+def logprob_entries(logits: Tensor, tokens: Tensor, k: int) -> list[TokenLogprob]:
+    """[N, V] logits and the [N] tokens that followed them -> one entry per row."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, tokens[:, None])[:, 0]
+    if k:
+        values, ids = logp.topk(k, dim=-1)
+        top = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        top = [[] for _ in range(len(tokens))]
+    return [TokenLogprob(t, lp, tp) for t, lp, tp in zip(tokens.tolist(), chosen.tolist(), top)]
+
+
+@dataclass
 class Delta:
-    """New text of one choice; finish_reason ("stop" | "length") on its last delta."""
+    """New text of one choice; finish_reason ("stop" | "length") on its last delta. With
+    log-probabilities asked for, the entries of the tokens generated since the last delta
+    (text held back at a possible stop string or a split character still has its tokens
+    here: an entry comes once, with the first delta after its token)."""
 
     index: int
     text: str
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Echo:
+    """The prompt's tokens (with their log-probabilities when asked), sent before any Delta."""
+
+    entries: list[TokenLogprob]
 
 
 @dataclass
@@ -63,6 +97,8 @@ class Request:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     media: dict[str, Tensor] = field(default_factory=dict)  # model kwargs of shape [1, ...]
+    logprobs: int | None = None  # None: no log-probabilities; K: each token's and the K most likely
+    echo: bool = False  # send the prompt's tokens (Echo) first; max_tokens 0 then only scores the prompt
     cancelled: threading.Event = field(default_factory=threading.Event)
     id: int = 0
 
@@ -79,16 +115,19 @@ class _Choice:
         self.request, self.index = request, index
         self.decoder = IncrementalDecoder(tokenizer, hidden)
         self.finished = False
+        self.pending: list[TokenLogprob] = []  # log-probabilities not yet sent with a delta
 
     @property
     def tokens(self) -> list[int]:
         return self.decoder.tokens
 
-    def feed(self, token: int | None, limit_hit: bool) -> Delta | None:
+    def feed(self, token: int | None, limit_hit: bool, entry: TokenLogprob | None = None) -> Delta | None:
         """Add a token (None = a stop token came) and return the text that is now safe to send.
         Hidden tokens (role and media-slot tokens) count but are not shown."""
         if token is not None:
             self.decoder.add(token)
+            if entry is not None:
+                self.pending.append(entry)
         text = self.decoder.text()
         reason = "stop" if token is None else ("length" if limit_hit else None)
         cut = _first_stop(text, self.request.stop, self.decoder.sent)
@@ -98,9 +137,13 @@ class _Choice:
             if text.endswith(INCOMPLETE):  # the rest of a multi-byte character is still to come
                 return None
             piece = self.decoder.take(text, len(text) - _stop_prefix_len(text, self.request.stop))
-            return Delta(self.index, piece) if piece else None
+            return self._delta(piece, None) if piece else None
         self.finished = True
-        return Delta(self.index, self.decoder.take(text), reason)
+        return self._delta(self.decoder.take(text), reason)
+
+    def _delta(self, text: str, reason: str | None) -> Delta:
+        entries, self.pending = self.pending, []
+        return Delta(self.index, text, reason, entries)
 
 
 def _first_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
@@ -220,12 +263,21 @@ class Scheduler:
         """Prefill alone, share the prefill among the n choices, merge into the batch."""
         try:
             ids = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
-            cache = Cache(self.model, 1, len(request.prompt) + request.max_tokens)
+            cache = Cache(self.model, 1, len(request.prompt) + request.max_tokens) if request.max_tokens else None
             media = {k: v.to(self.device) for k, v in request.media.items()}
-            logits = self.model(ids, cache=cache, **media)["logits"][:, -1]  # [1, V]
+            every = self.model(ids, cache=cache, **media)["logits"]  # [1, L, V]
         except (ValueError, RuntimeError) as e:
             request.sink(Failed(f"could not run the prompt: {e}"))
             return
+        if request.echo:
+            first = TokenLogprob(request.prompt[0], None, [])
+            rest = (logprob_entries(every[0, :-1], ids[0, 1:], request.logprobs) if request.logprobs is not None
+                    else [TokenLogprob(t, None, []) for t in request.prompt[1:]])
+            request.sink(Echo([first, *rest]))
+        if not request.max_tokens:  # scored, nothing to generate
+            request.sink(Done(len(request.prompt), 0))
+            return
+        logits = every[:, -1]  # [1, V]
         if request.n > 1:
             cache.repeat_interleave(request.n)
             logits = logits.expand(request.n, -1)
@@ -247,12 +299,14 @@ class Scheduler:
                                                     self.generators[request.id])
             start += n
         stopped = torch.isin(tokens, self.stop_ids).tolist()
-        for choice, token, stop in zip(self.rows, tokens.tolist(), stopped):
+        entries = self._logprobs(tokens)
+        for row, (choice, token, stop) in enumerate(zip(self.rows, tokens.tolist(), stopped)):
             request = choice.request
             if request.cancelled.is_set():
                 choice.finished = True
                 continue
-            delta = choice.feed(None if stop else token, limit_hit=len(choice.tokens) + 1 >= request.max_tokens)
+            delta = choice.feed(None if stop else token, limit_hit=len(choice.tokens) + 1 >= request.max_tokens,
+                                entry=entries.get(row))
             if delta is not None:
                 request.sink(delta)
         keep = [i for i, c in enumerate(self.rows) if not c.finished]
@@ -266,6 +320,18 @@ class Scheduler:
             tokens = tokens[keep]
         self.logits = self.model(tokens[:, None], cache=self.cache, check_values=False)["logits"][:, -1]
         self.steps += 1
+
+    def _logprobs(self, tokens: Tensor) -> dict[int, TokenLogprob]:
+        """Row -> its sampled token's entry, for the rows whose request asked for log-probabilities."""
+        asked = [i for i, c in enumerate(self.rows) if c.request.logprobs is not None]
+        if not asked:
+            return {}
+        rows = torch.tensor(asked, device=self.device)
+        k = max(self.rows[i].request.logprobs for i in asked)
+        found = logprob_entries(self.logits[rows], tokens[rows], k)
+        for i, entry in zip(asked, found):
+            entry.top = entry.top[: self.rows[i].request.logprobs]
+        return dict(zip(asked, found))
 
     def _finish_requests(self) -> None:
         """Send Done to each request whose choices have all finished."""
