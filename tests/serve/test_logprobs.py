@@ -65,12 +65,14 @@ def test_generated_tokens_carry_their_logprobs_streamed_or_not(served):
     lp = whole["logprobs"]
     prompt = tokenizer.encode("hello there")
     stop = [tokenizer.token_id("<|end|>"), tokenizer.eot_id]
-    expected = generate(model, [prompt], 6, temperature=0.7, stop_token_ids=stop,
-                        generator=torch.Generator().manual_seed(3)).tokens[0]
-    # the logprobs are the model's own (before temperature), for the echoed prompt and every sampled token
-    assert lp["tokens"] == [tokenizer.decode([t]) for t in prompt + expected]
-    assert all(abs(a - b) < 1e-4 for a, b in zip(lp["token_logprobs"][1:], own_logprobs(model, prompt + expected),
-                                                strict=True))
+    generation = generate(model, [prompt], 6, temperature=0.7, stop_token_ids=stop,
+                          generator=torch.Generator().manual_seed(3))
+    expected, ended = generation.tokens[0], generation.finish_reasons[0] == "stop"
+    # the logprobs are the model's own (before temperature), for the echoed prompt and every sampled
+    # token, the stop token that ended the choice included (as vLLM gives it)
+    assert len(lp["tokens"]) == len(prompt) + len(expected) + ended
+    assert lp["tokens"][: len(prompt) + len(expected)] == [tokenizer.decode([t]) for t in prompt + expected]
+    assert all(abs(a - b) < 1e-4 for a, b in zip(lp["token_logprobs"][1:], own_logprobs(model, prompt + expected)))
     chunks = sse(client.post("/v1/completions", json={**body, "stream": True}).text)
     streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["logprobs"]]
     for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
@@ -100,7 +102,8 @@ def test_chat_logprobs_in_the_openai_shape(served):
     body = {"messages": USER, "max_tokens": 5, "temperature": 0, "logprobs": True, "top_logprobs": 2}
     whole = client.post("/v1/chat/completions", json=body).json()
     content = whole["choices"][0]["logprobs"]["content"]
-    assert len(content) == whole["usage"]["completion_tokens"] - (whole["choices"][0]["finish_reason"] == "stop")
+    # every generated token, and the stop token if one ended the reply
+    assert len(content) == whole["usage"]["completion_tokens"] + (whole["choices"][0]["finish_reason"] == "stop")
     for item in content:
         assert item["bytes"] == list(item["token"].encode("utf-8")) and len(item["top_logprobs"]) == 2
         assert math.isclose(item["top_logprobs"][0]["logprob"], item["logprob"], abs_tol=1e-5)  # greedy

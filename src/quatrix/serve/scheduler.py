@@ -58,7 +58,8 @@ class Delta:
     """New text of one choice; finish_reason ("stop" | "length") on its last delta. With
     log-probabilities asked for, the entries of the tokens generated since the last delta
     (text held back at a possible stop string or a split character still has its tokens
-    here: an entry comes once, with the first delta after its token)."""
+    here: an entry comes once, with the first delta after its token). The stop token that
+    ended a choice has an entry too, though it adds no text."""
 
     index: int
     text: str
@@ -126,8 +127,8 @@ class _Choice:
         Hidden tokens (role and media-slot tokens) count but are not shown."""
         if token is not None:
             self.decoder.add(token)
-            if entry is not None:
-                self.pending.append(entry)
+        if entry is not None:  # a stop token's entry too (it ends the text but was generated), as vLLM gives it
+            self.pending.append(entry)
         text = self.decoder.text()
         reason = "stop" if token is None else ("length" if limit_hit else None)
         cut = _first_stop(text, self.request.stop, self.decoder.sent)
