@@ -83,14 +83,9 @@ class QuatrixLM(nn.Module):
         training stages, the engine's decode steps) pass False; shapes are always checked.
         """
         cfg = self.config
-        check_token_ids("input_ids", input_ids, cfg.vocab_size, cfg.max_seq_len, values=check_values)
         if loss_reduction not in ("mean", "sum", "none"):
             raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
-        B, L = input_ids.shape
-        prefix = self.encode_prefix(B, pixel_values, mel_values, check_values)  # [B, P, H]
-        x, mask = self.embed(input_ids, attention_mask, prefix, cache)
-        x = self.run_blocks(x, mask, cache)
-        hidden = self.norm(x[:, x.shape[1] - L :])  # [B, L, H]
+        hidden = self.hidden_states(input_ids, pixel_values, mel_values, attention_mask, cache, check_values)
         if labels is None:
             return {"logits": self.head(hidden), "loss": None}
         check_labels(labels, input_ids, cfg.vocab_size, values=check_values)
@@ -98,6 +93,19 @@ class QuatrixLM(nn.Module):
             logits = self.head(hidden)  # [B, L, V]
             return {"logits": logits, **logits_loss(logits, labels, loss_reduction, temperature)}
         return {"logits": None, **head_loss(hidden, self.head.weight, labels, loss_reduction, temperature)}
+
+    def hidden_states(self, input_ids: Tensor, pixel_values: Tensor | None = None, mel_values: Tensor | None = None,
+                      attention_mask: Tensor | None = None, cache: ModelCache | None = None,
+                      check_values: bool = True) -> Tensor:
+        """The final (normed) hidden states of the text positions, [B, L, H]: what the output
+        head reads. Arguments as `forward`'s."""
+        cfg = self.config
+        check_token_ids("input_ids", input_ids, cfg.vocab_size, cfg.max_seq_len, values=check_values)
+        B, L = input_ids.shape
+        prefix = self.encode_prefix(B, pixel_values, mel_values, check_values)  # [B, P, H]
+        x, mask = self.embed(input_ids, attention_mask, prefix, cache)
+        x = self.run_blocks(x, mask, cache)
+        return self.norm(x[:, x.shape[1] - L :])
 
     def encode_prefix(self, batch: int, pixel_values: Tensor | None, mel_values: Tensor | None,
                       check_values: bool = True) -> Tensor | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from quatrix.config import QuatrixConfig
 from quatrix.engine import Cache
@@ -50,11 +50,31 @@ class QuatrixGenerationCache(Cache):
         raise NotImplementedError("beam search is not supported by Quatrix models; use greedy or sampling")
 
 
+class QuatrixBackbone:
+    """The model without its output head, as transformers-based trainers call a base model:
+    `backbone(input_ids=..., attention_mask=..., **ignored).last_hidden_state` [B, L, H].
+    TRL scores tokens from these hidden states and `get_output_embeddings()` chunk by chunk.
+    A view, not a module: the weights stay where `QuatrixForCausalLM.model` keeps them."""
+
+    _tp_plan = _pp_plan = None  # transformers reads these on a base model; no tensor/pipeline plan
+
+    def __init__(self, model: QuatrixLM):
+        self.model = model
+
+    def __call__(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                 pixel_values: Tensor | None = None, mel_values: Tensor | None = None, **ignored):
+        if input_ids is None:
+            raise ValueError("input_ids is required (Quatrix models take token ids, not inputs_embeds)")
+        hidden = self.model.hidden_states(input_ids, pixel_values, mel_values, attention_mask)
+        return BaseModelOutputWithPast(last_hidden_state=hidden)
+
+
 class QuatrixForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = QuatrixHFConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["QuatrixBlock"]
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: QuatrixHFConfig):
         super().__init__(config)
@@ -70,6 +90,11 @@ class QuatrixForCausalLM(PreTrainedModel, GenerationMixin):
     def _init_weights(self, module) -> None:
         """QuatrixLM initialises itself; loaded weights then replace everything."""
 
+    @property
+    def base_model(self) -> QuatrixBackbone:
+        """The model without its head (QuatrixBackbone), for trainers that apply the head themselves."""
+        return QuatrixBackbone(self.model)
+
     def get_input_embeddings(self):
         return self.model.token_emb
 
@@ -78,6 +103,30 @@ class QuatrixForCausalLM(PreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self):
         return self.model.head
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options) -> None:
+        """Quatrix's own per-block checkpointing (torch.utils.checkpoint, non-reentrant, so
+        inputs need no requires_grad): every block is recomputed; transformers' kwargs and
+        options (`every_n_layers`, ...) are not used."""
+        self.model.config.use_gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.config.use_gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.model.config.use_gradient_checkpointing
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True):
+        """The vocabulary is fixed at export: the same size returns the embedding, another
+        size is refused (resize in Quatrix, where the tokenizer and the head are one unit)."""
+        size = self.model.config.vocab_size
+        if new_num_tokens is None or new_num_tokens == size:
+            return self.get_input_embeddings()
+        raise ValueError(f"a Quatrix export cannot resize its {size}-token vocabulary to {new_num_tokens}: its "
+                         f"tokenizer and output head are fixed at export; train a checkpoint with the new "
+                         f"tokenizer in Quatrix and export that")
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
