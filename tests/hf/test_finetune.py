@@ -82,6 +82,9 @@ def test_lora_on_every_linear_trains_only_adapters_then_merges_and_reloads(expor
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+    count = sum(p.numel() for n, p in lora.named_parameters() if p.requires_grad)
+    print(f"LoRA: {count:,} trainable of {sum(p.numel() for p in lora.parameters()):,}; "
+          f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in 8 steps")
     merged = lora.merge_and_unload()
     assert all(torch.equal(before[n], p) for n, p in merged.named_parameters() if "head" in n or "emb" in n)
     assert any(not torch.equal(before[n], p) for n, p in merged.named_parameters())  # the adapters were merged in
@@ -108,6 +111,7 @@ def test_trl_sft_trainer_lowers_the_loss(export, tmp_path):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
+    print(f"SFTTrainer: loss {losses[0]:.3f} -> {losses[-1]:.3f} in 8 steps")
 
 
 def test_trl_grpo_trainer_runs_with_a_rule_reward(export, tmp_path):
