@@ -200,6 +200,9 @@ def cache_floats_per_token(config: QuatrixConfig) -> int:
 
 
 # ---------------------------------------------------------------------- sampling
+MIN_TEMPERATURE = 1e-5  # sample_next's floor: fp32 logits up to ~1e33 stay finite when divided by it
+
+
 @dataclass(frozen=True)
 class Sampling:
     """temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off."""
@@ -221,7 +224,9 @@ def sample_next(logits: Tensor, sampling: Sampling, generator: torch.Generator |
     """One token per row from [B, V] logits."""
     if sampling.temperature == 0 or sampling.top_k == 1:
         return logits.argmax(dim=-1)
-    logits = logits.float() / sampling.temperature
+    # below MIN_TEMPERATURE, logits / temperature overflows fp32 (inf, then NaN probabilities):
+    # sample at the floor, where the distribution is already greedy but for near-ties
+    logits = logits.float() / max(sampling.temperature, MIN_TEMPERATURE)
     if sampling.top_k > 0:
         kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -229,7 +234,8 @@ def sample_next(logits: Tensor, sampling: Sampling, generator: torch.Generator |
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         outside = probs.cumsum(-1) - probs >= sampling.top_p  # mass before this token already >= p
-        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))  # the top token always stays
+        outside[..., 0] = False  # the top token always stays (a top_p that is 0 in fp32 would drop it)
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -84,6 +84,7 @@ def create_app(scheduler: Scheduler, *, model_name: str, api_key: str | None = N
     app.add_exception_handler(APIError, lambda request, error: error_response(error))
     app.middleware("http")(guard)
     app.include_router(router)
+    app.openapi = lambda: openapi(app)
     return app
 
 
@@ -108,7 +109,32 @@ async def guard(request: HTTPRequest, call_next):
 
 
 # ---------------------------------------------------------------------- routes
-@router.post("/v1/chat/completions")
+def body_of(model) -> dict:
+    """The route's request body in /openapi.json: the pydantic model read_body checks, with
+    every field's type and bound (the schemas themselves are added by `openapi`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+BODIES = (ChatBody, CompletionBody, TokenizeBody, DetokenizeBody)
+
+
+def openapi(app: FastAPI) -> dict:
+    """FastAPI's schema of the routes, with the request bodies' pydantic schemas as components."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in BODIES:
+            full = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(full.pop("$defs", {}))
+            components[model.__name__] = full
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+@router.post("/v1/chat/completions", openapi_extra=body_of(ChatBody))
 async def chat_completions(http: HTTPRequest):
     server = _server(http)
     body = await read_body(http, ChatBody)
@@ -126,7 +152,7 @@ async def chat_completions(http: HTTPRequest):
     return await run(server, [request], body, "chat")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=body_of(CompletionBody))
 async def completions(http: HTTPRequest):
     server = _server(http)
     body = await read_body(http, CompletionBody)
@@ -144,7 +170,7 @@ async def completions(http: HTTPRequest):
     return await run(server, requests, body, "text")
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", openapi_extra=body_of(TokenizeBody))
 async def tokenize(http: HTTPRequest):
     server = _server(http)
     body = await read_body(http, TokenizeBody)
@@ -162,7 +188,7 @@ async def tokenize(http: HTTPRequest):
     return {"count": len(tokens), "max_model_len": server.model.config.max_seq_len, "tokens": tokens}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", openapi_extra=body_of(DetokenizeBody))
 async def detokenize(http: HTTPRequest):
     server = _server(http)
     body = await read_body(http, DetokenizeBody)
