@@ -37,6 +37,30 @@ def test_cached_decoding_equals_full_recomputation(name, overrides, rows, prefix
     assert_close(cached[real], full[real], rtol=1e-4, atol=1e-5)
 
 
+FULL_CONTEXT = 5120  # berry-q0's max_seq_len
+
+
+@pytest.mark.parametrize("name, overrides", [v for v in MIXER_VARIANTS if v[0] in ("qcompass", "savo", "mha")])
+def test_the_whole_5120_token_context_decodes_as_it_recomputes(name, overrides):
+    """A prompt plus max_new_tokens filling berry-q0's context exactly: the cached logits at
+    every position equal one forward pass over all 5,120 tokens, and greedy generation to
+    the last position picks what the recomputation picks."""
+    torch.manual_seed(0)
+    model = QuatrixLM(tiny_config(max_seq_len=FULL_CONTEXT, **overrides)).eval()
+    new = 16
+    prompt = torch.randint(0, 97, (1, FULL_CONTEXT - new))
+    continuation = torch.randint(0, 97, (1, new))
+    with torch.no_grad():
+        cached, _, cache = cached_logits(model, prompt.tolist(), continuation)
+        full = model(torch.cat([prompt, continuation], 1))["logits"]
+        assert cached.shape[1] == full.shape[1] == FULL_CONTEXT
+        assert_close(cached, full, rtol=1e-4, atol=1e-4)
+        generated = generate(model, prompt.tolist(), new, temperature=0).tokens[0]
+        assert len(generated) == new  # the context is full: prompt + new == max_seq_len
+        whole = torch.tensor([prompt[0].tolist() + generated[:-1]])
+        assert model(whole)["logits"][0, -new:].argmax(-1).tolist() == generated
+
+
 @pytest.mark.parametrize("name, overrides", MIXER_VARIANTS)
 def test_multi_token_steps_through_the_cache(name, overrides):
     model = QuatrixLM(tiny_config(**overrides)).eval()
@@ -166,3 +190,31 @@ def test_truncation_keeps_the_last_tokens(model):
     long = list(range(1, 61))
     out = generate(model, [long], 10, temperature=0, truncate=True)
     assert out.tokens == generate(model, [long[-54:]], 10, temperature=0).tokens
+
+
+def test_a_long_prefill_keeps_only_the_last_logits_and_generates_the_same(monkeypatch):
+    """Past quatrix.loss.CHUNK_BYTES of prefill logits the engine keeps the last position's
+    only (logits_to_keep=1): the same greedy tokens, without the [B, L, V] tensor."""
+    import quatrix.loss as loss
+
+    torch.manual_seed(0)
+    model = QuatrixLM(tiny_config()).eval()
+    with torch.no_grad():
+        ids = torch.tensor([PROMPTS[0]])
+        full = model(ids)["logits"]
+        assert_close(model(ids, logits_to_keep=1)["logits"], full[:, -1:], rtol=1e-5, atol=1e-6)
+        assert_close(model(ids, logits_to_keep=3)["logits"], full[:, -3:], rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="logits_to_keep must be a positive int"):
+            model(ids, logits_to_keep=0)
+    plain = generate(model, PROMPTS, 6, temperature=0).tokens
+    seen = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("logits_to_keep"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(loss, "CHUNK_BYTES", 16)  # every prompt is "long"
+    assert generate(model, PROMPTS, 6, temperature=0).tokens == plain
+    assert seen[0] == 1

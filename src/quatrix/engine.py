@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from quatrix import loss
 from quatrix.blocks import make_mixer
 from quatrix.config import QuatrixConfig
 from quatrix.validation import check_token_ids
@@ -319,7 +320,7 @@ def stream(
     try:
         cache = Cache(model, ids.shape[0], ids.shape[1] + max_new_tokens)
         out = model(ids, attention_mask=mask, pixel_values=pixel_values, mel_values=mel_values, cache=cache,
-                    check_values=False)  # ids checked above, on the host
+                    check_values=False, logits_to_keep=prefill_logits_to_keep(ids, cfg))  # ids checked above
         logits = out["logits"][:, -1]  # [B, V]: left padding puts every row's last token here
         if num_samples > 1:
             cache.repeat_interleave(num_samples)
@@ -339,6 +340,14 @@ def stream(
             logits = model(tokens[:, None], cache=cache, check_values=False)["logits"][:, -1]
     finally:
         model.train(was_training)
+
+
+def prefill_logits_to_keep(ids: Tensor, config: QuatrixConfig) -> int | None:
+    """A prefill samples from its last position only: 1 (keep that position's logits) when
+    the whole [B, L, V] fp32 logits would pass quatrix.loss.CHUNK_BYTES (a 5,120-token
+    prompt's are 1 GB at GPT-2's vocabulary), else None, so short prompts run exactly the
+    ops they always ran."""
+    return 1 if ids.numel() * config.vocab_size * 4 > loss.CHUNK_BYTES else None
 
 
 def generate(model, prompts, max_new_tokens: int, **kwargs) -> Generation:

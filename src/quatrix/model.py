@@ -62,6 +62,7 @@ class QuatrixLM(nn.Module):
         check_values: bool = True,
         return_logits: bool | None = None,
         temperature: float | None = None,
+        logits_to_keep: int | None = None,
     ) -> dict[str, Tensor | None]:
         """Next-token language model over [image tokens][audio tokens][text tokens].
 
@@ -75,7 +76,9 @@ class QuatrixLM(nn.Module):
         (quatrix.loss.head_loss) and "logits" is None unless return_logits=True; without
         labels the logits are always returned. temperature (with loss_reduction="none"):
         the loss is -log p of each label under logits / temperature, and "entropy" [B, L-1]
-        of that distribution is added: GRPO's log-probabilities.
+        of that distribution is added: GRPO's log-probabilities. logits_to_keep (without
+        labels): the logits of the last k positions only, [B, k, V] (a prefill needs one; the
+        whole [B, L, V] at a 5,120-token context is 1 GB in fp32).
         cache: a quatrix.cache.ModelCache (quatrix.engine.Cache); the new tokens are appended to it and routed over
         everything cached before (prefill, then one token per step).
         check_values: check that token ids and labels lie in the vocabulary. Each check
@@ -87,6 +90,10 @@ class QuatrixLM(nn.Module):
             raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
         hidden = self.hidden_states(input_ids, pixel_values, mel_values, attention_mask, cache, check_values)
         if labels is None:
+            if logits_to_keep is not None:
+                if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 1:
+                    raise ValueError(f"logits_to_keep must be a positive int, got {logits_to_keep!r}")
+                hidden = hidden[:, max(0, hidden.shape[1] - logits_to_keep) :]
             return {"logits": self.head(hidden), "loss": None}
         check_labels(labels, input_ids, cfg.vocab_size, values=check_values)
         if return_logits:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from quatrix.detokenize import INCOMPLETE, IncrementalDecoder
-from quatrix.engine import Cache, Sampling, sample_next
+from quatrix.engine import Cache, Sampling, prefill_logits_to_keep, sample_next
 
 
 class QueueFull(Exception):
@@ -266,7 +266,8 @@ class Scheduler:
             ids = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
             cache = Cache(self.model, 1, len(request.prompt) + request.max_tokens) if request.max_tokens else None
             media = {k: v.to(self.device) for k, v in request.media.items()}
-            every = self.model(ids, cache=cache, **media)["logits"]  # [1, L, V]
+            keep = None if request.echo else prefill_logits_to_keep(ids, self.model.config)
+            every = self.model(ids, cache=cache, logits_to_keep=keep, **media)["logits"]  # [1, L or 1, V]
         except (ValueError, RuntimeError) as e:
             request.sink(Failed(f"could not run the prompt: {e}"))
             return
