@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from quatrix import loss
 from quatrix.blocks import make_mixer
 from quatrix.config import QuatrixConfig
+from quatrix.loss import chunk_limit
 from quatrix.validation import check_token_ids
 
 
@@ -347,7 +347,7 @@ def prefill_logits_to_keep(ids: Tensor, config: QuatrixConfig) -> int | None:
     the whole [B, L, V] fp32 logits would pass quatrix.loss.CHUNK_BYTES (a 5,120-token
     prompt's are 1 GB at GPT-2's vocabulary), else None, so short prompts run exactly the
     ops they always ran."""
-    return 1 if ids.numel() * config.vocab_size * 4 > loss.CHUNK_BYTES else None
+    return 1 if ids.numel() * config.vocab_size * 4 > chunk_limit() else None
 
 
 def generate(model, prompts, max_new_tokens: int, **kwargs) -> Generation:

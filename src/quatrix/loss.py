@@ -23,6 +23,11 @@ CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk; a chunk holds about three suc
 IGNORE = -100
 
 
+def chunk_limit() -> int:
+    """CHUNK_BYTES as it is now (read at call time, so a test or a caller may change it)."""
+    return CHUNK_BYTES
+
+
 def next_token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
     """Cross-entropy of logits[:, t] against labels[:, t + 1], ignore_index=-100, in fp32.
 

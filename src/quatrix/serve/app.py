@@ -38,7 +38,8 @@ from pydantic import ValidationError
 from quatrix.chat import END, REASONING_TAGS, check_messages, render
 from quatrix.engine import Sampling
 from quatrix.serve.protocol import (MAX_STOP, APIError, ChatBody, CompletionBody, DetokenizeBody, ResponseShape,
-                                    TokenizeBody, chat_messages, error_response, validation_message)
+                                    TokenizeBody, body_of, chat_messages, error_response, openapi,
+                                    validation_message)
 from quatrix.serve.scheduler import Delta, Done, Echo, Failed, QueueFull, Request, Scheduler
 from quatrix.tokenizer import EOT
 
@@ -109,31 +110,6 @@ async def guard(request: HTTPRequest, call_next):
 
 
 # ---------------------------------------------------------------------- routes
-def body_of(model) -> dict:
-    """The route's request body in /openapi.json: the pydantic model read_body checks, with
-    every field's type and bound (the schemas themselves are added by `openapi`)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
-
-
-BODIES = (ChatBody, CompletionBody, TokenizeBody, DetokenizeBody)
-
-
-def openapi(app: FastAPI) -> dict:
-    """FastAPI's schema of the routes, with the request bodies' pydantic schemas as components."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in BODIES:
-            full = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(full.pop("$defs", {}))
-            components[model.__name__] = full
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
 @router.post("/v1/chat/completions", openapi_extra=body_of(ChatBody))
 async def chat_completions(http: HTTPRequest):
     server = _server(http)

@@ -99,6 +99,31 @@ class DetokenizeBody(BaseModel):
     tokens: list[int]
 
 
+def body_of(model) -> dict:
+    """The route's request body in /openapi.json: the pydantic model read_body checks, with
+    every field's type and bound (the schemas themselves are added by `openapi`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+BODIES = (ChatBody, CompletionBody, TokenizeBody, DetokenizeBody)
+
+
+def openapi(app) -> dict:
+    """FastAPI's schema of the routes, with the request bodies' pydantic schemas as components."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in BODIES:
+            full = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(full.pop("$defs", {}))
+            components[model.__name__] = full
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
                  headers: dict | None = None):
