@@ -90,6 +90,8 @@ def own_loglikelihood(model, tokenizer, context: str, continuation: str) -> floa
 
 
 def check_against_quatrix(results, chat_checkpoint) -> float:
+    """The largest difference between the harness's and Quatrix's per-sample log-likelihoods
+    (and the harness ran every item of both tasks)."""
     model, tokenizer = load_model_and_tokenizer(chat_checkpoint)
     model.eval()
     largest = 0.0
@@ -99,7 +101,6 @@ def check_against_quatrix(results, chat_checkpoint) -> float:
         for (context, continuation), response in zip(sample["arguments"], sample["resps"], strict=True):
             theirs = response[0][0]
             largest = max(largest, abs(theirs - own_loglikelihood(model, tokenizer, context, continuation)))
-    assert largest < 1e-4
     assert 0.0 <= results["results"]["quatrix_mc"]["acc,none"] <= 1.0
     assert len(results["samples"]["quatrix_gen"]) == len(QUESTIONS)
     print(f"acc {results['results']['quatrix_mc']['acc,none']:.3f}, exact_match "
@@ -117,10 +118,10 @@ def test_the_harness_against_quatrix_serve(setup, chat_checkpoint):
                            f"base_url={url}/v1/completions,model=tiny,tokenizer_backend=huggingface,"
                            f"tokenizer={export},tokenized_requests=True,max_length=128,num_concurrent=1,"
                            f"max_retries=1")
-    check_against_quatrix(results, chat_checkpoint)
+    assert check_against_quatrix(results, chat_checkpoint) < 1e-4
 
 
 def test_the_harness_on_the_transformers_export(setup, chat_checkpoint):
     root, export = setup
     results = evaluate(root, "hf", f"pretrained={export},trust_remote_code=True,dtype=float32,device=cpu")
-    check_against_quatrix(results, chat_checkpoint)
+    assert check_against_quatrix(results, chat_checkpoint) < 1e-4

@@ -315,7 +315,7 @@ async def run(server: Server, requests: list[Request], body, kind: str):
                 raise APIError(500, event.message, kind="server_error")
             elif isinstance(event, Done):
                 done = Done(done.prompt_tokens + event.prompt_tokens, done.completion_tokens + event.completion_tokens)
-                if event.completion_tokens == 0 and requests[p].max_tokens == 0:
+                if requests[p].max_tokens == 0:  # scored only: nothing generated, the length was 0
                     for c in range(p * n, (p + 1) * n):
                         reasons[c] = "length"
                 finished += 1
