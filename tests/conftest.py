@@ -1,8 +1,15 @@
+import os
+
 import pytest
 import torch
 
 from quatrix import QuatrixConfig
+from quatrix.precision import DTYPE_ENV
 from quatrix.variants import VARIANTS
+
+# Commands not given --dtype load fp32 weights in every test, subprocesses included, whether or
+# not this machine computes bf16 natively (tests/test_precision.py covers the automatic choice).
+os.environ[DTYPE_ENV] = "fp32"
 
 # Every model variant of the registry: (name, config overrides), multi-head ones with 4 heads.
 MIXER_VARIANTS = [(name, variant.overrides(4)) for name, variant in VARIANTS.items()]

@@ -4,7 +4,8 @@ from torch.testing import assert_close
 
 from conftest import MIXER_VARIANTS, tiny_config
 from quatrix import QuatrixLM
-from quatrix.engine import Cache, cache_floats_per_token, generate, left_pad, sample_next, Sampling, stream
+from quatrix import engine
+from quatrix.engine import Cache, StaticCache, cache_floats_per_token, generate, left_pad, sample_next, Sampling, stream
 
 PROMPTS = [[5, 17, 3, 44, 9, 2, 81, 60], [7, 7, 12], [90, 1, 33, 4, 4]]
 
@@ -218,3 +219,60 @@ def test_a_long_prefill_keeps_only_the_last_logits_and_generates_the_same(monkey
     monkeypatch.setattr(loss, "CHUNK_BYTES", 16)  # every prompt is "long"
     assert generate(model, PROMPTS, 6, temperature=0).tokens == plain
     assert seen[0] == 1
+
+
+def static_decode_logits(model, prompts, continuation):
+    """Prefill through the dynamic Cache, then feed `continuation` one token per step through
+    a StaticCache (eager): the logits of every step, [B, n, V]."""
+    ids, mask = left_pad(prompts)
+    cache = Cache(model, ids.shape[0], ids.shape[1] + continuation.shape[1] + 5)  # spare slots stay masked
+    model(ids, attention_mask=mask, cache=cache)
+    static, out = StaticCache(cache), []
+    for t in range(continuation.shape[1]):
+        out.append(model(continuation[:, t : t + 1], cache=static)["logits"])
+        static.advance()
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("name, overrides", MIXER_VARIANTS)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_static_decode_step_equals_the_growing_cache(name, overrides, rows):
+    model = QuatrixLM(tiny_config(**overrides)).eval()
+    continuation = torch.randint(0, 97, (rows, 6))
+    with torch.no_grad():
+        dynamic, _, _ = cached_logits(model, PROMPTS[:rows], continuation)
+        static = static_decode_logits(model, PROMPTS[:rows], continuation)
+    assert_close(static, dynamic[:, -6:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_compiled_decode_gives_the_eager_tokens():
+    torch.manual_seed(0)
+    model = QuatrixLM(tiny_config(num_layers=1)).eval()
+    eager = generate(model, PROMPTS, 12, temperature=0).tokens
+    assert generate(model, PROMPTS, 12, temperature=0, compile=True).tokens == eager
+    assert generate(model, PROMPTS[:1], 30, temperature=0, compile=True).tokens == \
+        generate(model, PROMPTS[:1], 30, temperature=0).tokens
+
+
+def test_a_compiler_that_fails_falls_back_to_the_same_step(monkeypatch):
+    def broken(*args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no C compiler")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(engine, "_COMPILED", {})
+    torch.manual_seed(0)
+    model = QuatrixLM(tiny_config()).eval()
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C compiler"):
+        tokens = generate(model, PROMPTS, 8, temperature=0, compile=True).tokens
+    assert tokens == generate(model, PROMPTS, 8, temperature=0).tokens
+
+
+def test_bf16_weights_take_images_and_waveforms():
+    """--dtype bf16: the log-mel front end still runs in fp32, the encoders take fp32 media."""
+    model = QuatrixLM(tiny_config(use_vision=True, use_audio=True)).eval().to(torch.bfloat16)
+    out = generate(model, [[1, 2, 3]], 4, temperature=0, pixel_values=torch.randn(1, 3, 32, 32),
+                   mel_values=torch.randn(1, 4000))
+    assert len(out.tokens[0]) == 4

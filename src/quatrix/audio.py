@@ -46,9 +46,10 @@ class LogMel(nn.Module):
         self.register_buffer("filters", mel_filterbank(n_mels, self.n_fft, sample_rate), persistent=False)
 
     def forward(self, waveform: Tensor) -> Tensor:
-        spec = torch.stft(waveform.float(), self.n_fft, self.hop, window=self.window, return_complex=True)
+        # in fp32 whatever the model's dtype (a bf16 model casts these buffers too)
+        spec = torch.stft(waveform.float(), self.n_fft, self.hop, window=self.window.float(), return_complex=True)
         power = spec.abs() ** 2  # [B, n_fft/2 + 1, frames]
-        logmel = torch.clamp(self.filters @ power, min=1e-10).log10()  # [B, n_mels, frames]
+        logmel = torch.clamp(self.filters.float() @ power, min=1e-10).log10()  # [B, n_mels, frames]
         peak = logmel.amax(dim=(-2, -1), keepdim=True)
         return (torch.maximum(logmel, peak - 8.0) + 4.0) / 4.0
 

@@ -25,12 +25,14 @@ class ChatSession:
     vision or audio."""
 
     def __init__(self, model, tokenizer, *, system: str | None = None, max_new_tokens: int = 128,
-                 temperature: float = 0.7, top_k: int = 0, top_p: float = 0.95, seed: int = 0):
+                 temperature: float = 0.7, top_k: int = 0, top_p: float = 0.95, seed: int = 0,
+                 compile: bool = False):
         if max_new_tokens >= model.config.max_seq_len:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt "
                              f"(max_seq_len={model.config.max_seq_len})")
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
+        self.compile = compile  # a compiled static-shape decode step (quatrix.engine.decode_step)
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.system = system
         self.turns: list[dict] = []
@@ -103,7 +105,7 @@ class ChatSession:
         decoder = IncrementalDecoder(self.tokenizer)
         for new, active in stream(self.model, [prompt], self.max_new_tokens, temperature=self.temperature,
                                   top_k=self.top_k, top_p=self.top_p, stop_token_ids=[end], generator=self.generator,
-                                  **model_inputs(media)):
+                                  compile=self.compile, **model_inputs(media)):
             if not bool(active[0]) or int(new[0]) == end:
                 break
             piece = decoder.push(int(new[0]))

@@ -14,7 +14,7 @@ from quatrix.detokenize import IncrementalDecoder
 from quatrix.engine import stream
 from quatrix.media import MODALITIES, load_media, model_inputs, modality
 from quatrix.model import QuatrixLM
-from quatrix.precision import PRECISIONS, autocast_context, resolve_precision
+from quatrix.precision import DTYPE_HELP, DTYPES, PRECISIONS, autocast_context, inference_dtype, resolve_precision
 from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
 from quatrix.tasks.transcribe import INSTRUCTION
 from quatrix.validation import float_in, nonnegative_float, nonnegative_int, positive_int
@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truncate", action="store_true", help="keep the prompt's last tokens if it is too long")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocast for the forward passes (auto: where the device has native bf16)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
+    p.add_argument("--compile", action="store_true",
+                   help="decode with a torch.compile'd static-shape step: faster per token, after a compile of tens "
+                        "of seconds (worth it for long generations)")
 
 
 def parse_token_ids(text: str, source: str) -> list[int]:
@@ -64,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         model, tokenizer = load_model_and_tokenizer(args.ckpt)
     else:
         model = QuatrixLM.from_pretrained(args.ckpt) if args.ckpt else QuatrixLM(preset(args.preset))
+    inference_dtype(model, args.dtype)
     if args.chat and (args.ids or tokenizer is None):
         raise ValueError("--chat needs a checkpoint with a tokenizer (and text, not --ids)")
     as_text = tokenizer is not None and not args.ids
@@ -77,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     media = {name: load_media(name, getattr(args, name), model.config)[None] for name in given}
     steps = stream(model, [prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, stop_token_ids=stops, num_samples=args.num_samples, truncate=args.truncate,
-                   generator=torch.Generator().manual_seed(args.seed), **model_inputs(media))
+                   generator=torch.Generator().manual_seed(args.seed), compile=args.compile, **model_inputs(media))
     rows: list[list[int]] = [[] for _ in range(args.num_samples)]
     decoder = IncrementalDecoder(tokenizer) if as_text and args.num_samples == 1 else None
     device = str(next(model.parameters()).device)

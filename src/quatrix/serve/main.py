@@ -6,7 +6,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from quatrix.precision import PRECISIONS, autocast_context, resolve_precision
+from quatrix.precision import DTYPE_HELP, DTYPES, PRECISIONS, autocast_context, inference_dtype, resolve_precision
 from quatrix.pretrained import has_tokenizer, load_model_and_tokenizer
 from quatrix.validation import nonnegative_int, positive_float, positive_int
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="new tokens per reply when a request does not say")
     p.add_argument("--max-body-mb", type=positive_float, default=8.0, help="request body limit")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
@@ -40,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.ckpt}: no tokenizer saved beside the model; serve needs one")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model_and_tokenizer(args.ckpt, map_location=device)
+    inference_dtype(model, args.dtype)
     precision = resolve_precision(args.precision, device)
     scheduler = scheduler_for(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
                               precision=partial(autocast_context, device, precision))
@@ -47,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
     app = create_app(scheduler, model_name=name, api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2**20),
                      max_tokens_default=args.max_tokens)
     where = "all interfaces" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"quatrix serve: {name} ({model.num_parameters():,} parameters, {device}, {precision}) on "
+    weights = str(next(model.parameters()).dtype).removeprefix("torch.")
+    print(f"quatrix serve: {name} ({model.num_parameters():,} parameters, {device}, {weights} weights, {precision}) on "
           f"http://{args.host}:{args.port}/ ({where}); API at /v1", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
