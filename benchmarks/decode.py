@@ -1,21 +1,45 @@
-"""Decoding speed and cache size: the Q-Compass cache against recomputation and attention.
+"""Decoding speed against the memory-bandwidth bound, and the cache against recomputation.
 
-`small` preset (H=384, 6 layers), a 512-token prompt, 256 new tokens, greedy, batch 1:
+Default: the bound table. Batch-1 and batch-8 greedy decoding of random-weight models at
+`--preset` size (berry-q0: vision off), for each variant and weight dtype, next to the
+bound measured in the same run:
 
-  * tokens/s with the engine's cache, against recomputing the whole sequence for every new
-    token (what the original package's generation does), with the same model, in the same
-    run; both must produce the same tokens;
-  * tokens/s and cache bytes of Q-Compass and SAVO against the `mha` baseline of the same
-    width (8 heads).
+    bound (tokens/s) = batch x read bandwidth / bytes read per decode step
 
-    python benchmarks/decode.py
-    python benchmarks/decode.py --batch 16 --recompute ""   # where the cache size starts to matter
+where the bytes read per step are every weight a decode step touches (the blocks, the final
+norm, the output head; not the plugins, and one embedding row is negligible) plus the cache
+read at the mean decode length, and the read bandwidth is the best of several sums of a
+1 GiB fp32 tensor (what `torch` itself streams memory at, on all threads). Decode time
+excludes the prefill (time to first token); every row counts.
+
+    python benchmarks/decode.py                               # berry-q0, batch 1 and 8, fp32 and bf16
+    python benchmarks/decode.py --variants qcompass --dtypes fp32 --batches 1 --steps eager
+
+`--steps` compares the engine's decode step as plain eager PyTorch (`eager`) with what
+`quatrix.engine` picks by default (`auto`: the compiled static-shape step where
+`torch.compile` works). Every run checks the cached greedy tokens against one forward pass
+over the whole sequence (fp32 weights: equal tokens).
+
+`--agreement CKPT`: greedy continuations of eight fixed prompts with fp32 and with bf16
+weights, and how far they agree.
+
+    python benchmarks/decode.py --agreement runs/full-size/run/checkpoint
+
+`--cache-table`: the older comparison (small preset, 512-token prompt, 256 new tokens): the
+engine's cache against recomputing the whole sequence per token, and cache bytes of
+Q-Compass and SAVO against `mha`.
+
+    python benchmarks/decode.py --cache-table
+    python benchmarks/decode.py --cache-table --batch 16 --recompute ""
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,14 +77,14 @@ def cached_greedy(model: QuatrixLM, prompts: torch.Tensor, steps: int):
     return torch.stack(new, 1).tolist(), prefill, time.perf_counter() - start, nbytes
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cache_table(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description="--cache-table: the cache against recomputation")
     p.add_argument("--preset", default="small")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--batch", type=int, default=1, help="prompts decoded together")
     p.add_argument("--recompute", default="qcompass", help="variants also timed without a cache (comma-separated)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.manual_seed(0)
     prompts = torch.randint(0, 50257, (args.batch, args.prompt_len))
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} "
@@ -90,6 +114,141 @@ def main() -> None:
             if "recompute" in r else "- | - | -"
         print(f"| {name} | {r['floats']} | {r['bytes'] / 2**20:.1f} | {r['prefill']:.2f} | {r['cached']:.1f} | "
               f"{recompute} | {r['cached'] / rows['mha']['cached']:.2f}x | {r['bytes'] / rows['mha']['bytes']:.2f} |")
+
+
+# ---------------------------------------------------------------------- against the bound
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def read_bandwidth(repeats: int = 5) -> float:
+    """Bytes/s at which torch streams a 1 GiB fp32 tensor through a sum (best of `repeats`)."""
+    x = torch.ones(2**28)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
+
+
+def bytes_per_step(model: QuatrixLM, batch: int, mean_len: float) -> float:
+    """Weights a decode step reads (blocks, final norm, output head) plus the cache at mean_len."""
+    weights = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                  if name.startswith(("blocks.", "norm.")))
+    head = model.head.weight
+    weights += head.numel() * head.element_size()
+    cache = cache_floats_per_token(model.config) * model.config.num_layers * batch * mean_len * head.element_size()
+    return weights + cache
+
+
+def timed_decode(model: QuatrixLM, prompts: torch.Tensor, steps: int, compile: bool) -> tuple[list, float]:
+    """(greedy tokens, decode seconds after the first token) through `quatrix.engine.stream`."""
+    new, start = [], None
+    for tokens, _ in stream(model, prompts, steps, temperature=0, compile=compile):
+        if start is None:
+            start = time.perf_counter()
+        new.append(tokens)
+    return torch.stack(new, 1).tolist(), time.perf_counter() - start
+
+
+@torch.no_grad()
+def recomputed_greedy(model: QuatrixLM, prompts: torch.Tensor, tokens: list) -> bool:
+    """Whether one forward pass over prompt + generated tokens picks every generated token."""
+    ids = torch.cat([prompts, torch.tensor(tokens)], 1)
+    picks = model(ids)["logits"][:, prompts.shape[1] - 1 : -1].argmax(-1)
+    return picks.tolist() == tokens
+
+
+def bound_table(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="berry-q0")
+    p.add_argument("--variants", default=",".join(BENCHED))
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--steps", default="eager,compiled", help="decode steps to time: eager, compiled")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--out", help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    bandwidth = read_bandwidth()
+    print(f"threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} (vision off) "
+          f"prompt={args.prompt_len} new={args.new_tokens} greedy; read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+    print("| mixer | weights | batch | step | tok/s | bound tok/s | of bound | first run s | same tokens |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---|")
+    rows = []
+    for name in args.variants.split(","):
+        torch.manual_seed(0)
+        base = QuatrixLM(preset(args.preset, use_vision=False, **variant_overrides(name, HEADS))).eval()
+        for dtype_name in args.dtypes.split(","):
+            model = base.to(DTYPES[dtype_name])
+            for batch in map(int, args.batches.split(",")):
+                torch.manual_seed(1)
+                prompts = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len))
+                bound = batch * bandwidth / bytes_per_step(model, batch, args.prompt_len + args.new_tokens / 2)
+                reference = None
+                for step in args.steps.split(","):
+                    torch._dynamo.reset()  # each model and shape is a new graph; dynamo keeps 8 per function
+                    start = time.perf_counter()
+                    timed_decode(model, prompts, args.new_tokens, step == "compiled")  # warm-up (and compile)
+                    first = time.perf_counter() - start
+                    tokens, seconds = timed_decode(model, prompts, args.new_tokens, step == "compiled")
+                    if reference is None:  # the first step kind is checked against recomputation
+                        same = recomputed_greedy(model, prompts, tokens) if dtype_name == "fp32" else None
+                        reference = tokens
+                    else:
+                        same = tokens == reference
+                    rate = batch * (args.new_tokens - 1) / seconds
+                    row = dict(mixer=name, weights=dtype_name, batch=batch, step=step, tokens_per_s=rate,
+                               bound=bound, fraction=rate / bound, first_run_s=first, same_tokens=same,
+                               bandwidth=bandwidth)
+                    rows.append(row)
+                    print(f"| {name} | {dtype_name} | {batch} | {step} | {rate:.1f} | {bound:.1f} | "
+                          f"{rate / bound:.0%} | {first:.1f} | {'-' if same is None else same} |", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+PROMPTS = ["The history of the city", "In the morning, the market", "Scientists have found that",
+           "The best way to learn a language is", "When the war ended,", "Our new product",
+           "The river runs through", "She opened the letter and"]
+
+
+@torch.no_grad()
+def agreement(argv: list[str]) -> None:
+    """--agreement CKPT: greedy continuations of PROMPTS with fp32 and with bf16 weights;
+    how many tokens agree before the first difference, and at how many positions overall."""
+    from quatrix.engine import generate
+    from quatrix.pretrained import load_model_and_tokenizer
+
+    p = argparse.ArgumentParser(description="--agreement: greedy tokens with bf16 weights against fp32")
+    p.add_argument("ckpt")
+    p.add_argument("--new-tokens", type=int, default=64)
+    args = p.parse_args(argv)
+    model, tokenizer = load_model_and_tokenizer(args.ckpt)
+    model.eval()
+    prompts = [tokenizer.encode(text) for text in PROMPTS]
+    runs = {}
+    for name, dtype in DTYPES.items():
+        runs[name] = [generate(model.to(dtype), [ids], args.new_tokens, temperature=0).tokens[0] for ids in prompts]
+    prefix, same, total = [], 0, 0
+    for a, b in zip(runs["fp32"], runs["bf16"]):
+        prefix.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
+        same += sum(x == y for x, y in zip(a, b))
+        total += max(len(a), len(b))
+    print(f"{args.ckpt}: {len(prompts)} prompts x {args.new_tokens} greedy tokens, bf16 weights against fp32")
+    print(f"identical continuations: {sum(n == args.new_tokens for n in prefix)} of {len(prompts)}; tokens before "
+          f"the first difference: {prefix} (mean {sum(prefix) / len(prefix):.1f}); same token at "
+          f"{same} of {total} positions ({same / total:.0%})")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if "--agreement" in argv:
+        agreement([a for a in argv if a != "--agreement"])
+    elif "--cache-table" in argv:
+        cache_table([a for a in argv if a != "--cache-table"])
+    else:
+        bound_table(argv)
 
 
 if __name__ == "__main__":

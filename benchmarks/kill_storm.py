@@ -56,12 +56,14 @@ def storm(args, index: int, expected: list[float]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     log = open(Path(args.out) / f"storm{index}.log", "w")
     kills, in_write, after_start, failed = 0, 0, 0, []
+    launches = []  # per launch: the checkpoint step it found, and how it ended (to explain a drift)
     base = pretrain_command(args, out)
     for attempt in range(args.kills + 1):
         # --always-resume: resume even a run killed before its first checkpoint, once it made its
         # folder (a run killed while still importing torch left nothing to resume: it starts afresh)
         began = out.is_dir() if args.always_resume else (out / "checkpoint").is_dir()
         resume = ["--resume"] if attempt and began else []
+        launches.append({"resume": bool(resume), "found": _checkpoint_steps(out)})
         proc = subprocess.Popen(base + resume, stdout=log, stderr=log, start_new_session=True)
         if attempt == args.kills:  # the last one runs to the end
             code = proc.wait()
@@ -81,6 +83,7 @@ def storm(args, index: int, expected: list[float]) -> dict:
                 kills += 1
                 after_start += trained
                 in_write += any((out / name).exists() for name in (".checkpoint.tmp", ".checkpoint.old"))
+                launches[-1]["killed"] = "training" if trained else "start-up"
                 continue
         if code != 0:
             failed.append({"attempt": attempt, "exit": code})
@@ -93,9 +96,27 @@ def storm(args, index: int, expected: list[float]) -> dict:
     first_diff = next((i + 1 for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
     if first_diff is None and len(got) != len(expected):
         first_diff = min(len(got), len(expected)) + 1
-    return {"storm": index, "kills": kills, "kills_while_training": after_start, "kills_inside_checkpoint_writes": in_write,
-            "failed_starts": failed, "steps_logged": len(got),
-            "first_differing_step": first_diff, "identical": first_diff is None and not failed}
+    result = {"storm": index, "kills": kills, "kills_while_training": after_start, "kills_inside_checkpoint_writes": in_write,
+              "failed_starts": failed, "steps_logged": len(got),
+              "first_differing_step": first_diff, "identical": first_diff is None and not failed}
+    if first_diff is not None:  # what a reader needs to find the cause
+        result["launches"] = launches
+        result["differing"] = [(i + 1, a, b) for i, (a, b) in enumerate(zip(got, expected)) if a != b][:3]
+        result["log_tail"] = (Path(args.out) / f"storm{index}.log").read_text().splitlines()[-40:]
+    return result
+
+
+def _checkpoint_steps(out: Path) -> dict[str, int | None]:
+    """The step of each checkpoint folder a launch finds (before it repairs anything)."""
+    found = {}
+    for name in ("checkpoint", ".checkpoint.tmp", ".checkpoint.old"):
+        manifest = out / name / "manifest.json"
+        if (out / name).is_dir():
+            try:
+                found[name] = json.loads(manifest.read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                found[name] = None  # unsealed or half deleted
+    return found
 
 
 def _wait_for_training(proc: subprocess.Popen, out: Path, limit_s: float = 120.0) -> int | None:

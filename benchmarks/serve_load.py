@@ -131,7 +131,7 @@ async def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
 def serve_and_load(ckpt: Path, args) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "quatrix.cli", "serve", "--ckpt", str(ckpt), "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-queue", str(args.requests)]
+           "--max-batch", str(args.max_batch), "--max-queue", str(args.requests), "--dtype", args.dtype]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.server_threads)})
     try:
@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--server-threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16"], help="the servers' weights")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

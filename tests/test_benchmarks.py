@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,14 +34,29 @@ def test_benchmark_runs_and_prints_ratios():
 @pytest.mark.slow
 def test_decode_benchmark_runs_and_checks_tokens():
     out = subprocess.run(
-        [sys.executable, str(BENCH / "decode.py"), "--preset", "tiny", "--prompt-len", "16", "--new-tokens", "4",
-         "--batch", "2"],
+        [sys.executable, str(BENCH / "decode.py"), "--cache-table", "--preset", "tiny", "--prompt-len", "16",
+         "--new-tokens", "4", "--batch", "2"],
         capture_output=True, text=True, check=True,
     ).stdout
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
     assert set(rows) >= {"qcompass", "savo", "mha"}
     assert "| True |" in rows["qcompass"]  # cached and recomputed greedy tokens agree
     assert rows["qcompass"].split("|")[2].strip() == str(128 + 32)  # tiny: H + r floats per token
+
+
+@pytest.mark.slow
+def test_decode_benchmark_reports_the_bandwidth_bound(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "decode.py"), "--preset", "tiny", "--prompt-len", "8", "--new-tokens", "4",
+         "--variants", "qcompass,mha", "--batches", "1", "--steps", "eager", "--out", str(tmp_path / "rows.json")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "read bandwidth" in out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["mixer"], r["weights"]) for r in rows] == [("qcompass", "fp32"), ("qcompass", "bf16"), ("mha", "fp32"),
+                                                          ("mha", "bf16")]
+    assert all(r["bound"] > 0 and r["fraction"] == r["tokens_per_s"] / r["bound"] for r in rows)
+    assert [r["same_tokens"] for r in rows] == [True, None, True, None]  # fp32: cached == recomputed greedy tokens
 
 
 @pytest.mark.slow

@@ -143,9 +143,9 @@ def test_ctrl_c_stops_a_command_cleanly(monkeypatch, capsys):
 def test_generate_with_bf16_weights_and_a_compiled_step_matches_eager(capsys, monkeypatch):
     """--dtype bf16 casts the weights; --compile decodes the same tokens as eager (the
     compiler replaced by the eager step here: the compiled graph has its own test)."""
-    from quatrix import engine
+    from quatrix import static_decode
 
-    monkeypatch.setattr(engine, "_COMPILED", {"step": engine._decode_logits})
+    monkeypatch.setattr(static_decode, "_COMPILED", {"step": static_decode._decode_logits})
     args = ["generate", "--preset", "tiny", "--prompt", "15496 995", "--max-new-tokens", "6", "--temperature", "0"]
     assert main([*args, "--dtype", "bf16"]) == 0
     bf16 = capsys.readouterr().out

@@ -4,7 +4,7 @@ from torch.testing import assert_close
 
 from conftest import MIXER_VARIANTS, tiny_config
 from quatrix import QuatrixLM
-from quatrix import engine
+from quatrix import static_decode
 from quatrix.engine import Cache, StaticCache, cache_floats_per_token, generate, left_pad, sample_next, Sampling, stream
 
 PROMPTS = [[5, 17, 3, 44, 9, 2, 81, 60], [7, 7, 12], [90, 1, 33, 4, 4]]
@@ -262,7 +262,7 @@ def test_a_compiler_that_fails_falls_back_to_the_same_step(monkeypatch):
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(engine, "_COMPILED", {})
+    monkeypatch.setattr(static_decode, "_COMPILED", {})
     torch.manual_seed(0)
     model = QuatrixLM(tiny_config()).eval()
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C compiler"):

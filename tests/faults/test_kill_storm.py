@@ -2,6 +2,7 @@
 training steps, inside checkpoint writes with --save-every 1); after every kill --resume
 must start, and the final losses must equal an uninterrupted run's bit for bit."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -31,5 +32,6 @@ def test_twenty_kills_then_identical_losses(tmp_path):
     assert result["failed_starts"] == [], result
     assert result["kills"] == 20, result  # the run outlived every kill
     assert result["kills_while_training"] >= 10, result  # most kills land in training steps, not in start-up
-    assert result["first_differing_step"] is None, result
+    if result["first_differing_step"] is not None:  # the launches and the log, whole: the way to the cause
+        pytest.fail("the resumed run's losses differ from the uninterrupted run's:\n" + json.dumps(result, indent=1))
     assert result["steps_logged"] == 200
