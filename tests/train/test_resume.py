@@ -136,3 +136,21 @@ def test_trainer_state_never_unpickles_code(tmp_path):
     with pytest.raises(ValueError, match="not a Quatrix trainer state"):
         resume.load_checkpoint_state(tmp_path)
 
+
+
+def test_a_training_process_asks_mkl_for_reproducible_reductions(tmp_path):
+    """MKL_CBWR=AUTO (set by pin_threads before the first matmul) shows in every MKL call of a
+    fresh training process, and a user's own MKL_CBWR is kept."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import torch\nfrom quatrix.train.distributed import pin_threads\npin_threads()\n"
+              "a = torch.randn(64, 64)\nprint(float((a @ a).sum()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    for given, expected in [(None, "CNR:AUTO"), ("COMPATIBLE", "CNR:COMPATIBLE")]:
+        run_env = {**env, "MKL_VERBOSE": "1", **({"MKL_CBWR": given} if given else {})}
+        out = subprocess.run([sys.executable, "-c", script], env=run_env, capture_output=True, text=True, check=True)
+        if "MKL_VERBOSE" not in out.stdout + out.stderr:
+            pytest.skip("this torch build does not call MKL for matmuls")
+        assert expected in out.stdout + out.stderr

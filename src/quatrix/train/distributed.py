@@ -61,13 +61,20 @@ def pin_threads(threads: int | None = None) -> int:
     project's tiny run by one float32 ulp at step 17, then further), and with its default
     MKL_DYNAMIC=TRUE, MKL may choose fewer threads than asked on its own (see Intel's
     "Reproducibility Conditions"). So the count is set explicitly, recorded in every
-    checkpoint, and a resumed run takes the count the run started with."""
+    checkpoint, and a resumed run takes the count the run started with. MKL's reductions are
+    made deterministic too (MKL_CBWR=AUTO, Intel's conditional numerical reproducibility)."""
     if threads and threads != torch.get_num_threads():
         print(f"using {threads} CPU threads, as the run did until now (not {torch.get_num_threads()}), so that it "
               f"continues bit for bit", file=sys.stderr)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     _mkl_set_dynamic(False)
+    # MKL's conditional numerical reproducibility: without it MKL may combine the partial sums
+    # of its threads in the order they finish, so a loaded machine moved a resumed run's loss
+    # by an ulp mid-run (the kill storm in a full test session). MKL reads this once, at its
+    # first computation, so it must be set before the run's first matmul; a user's own
+    # MKL_CBWR wins.
+    os.environ.setdefault("MKL_CBWR", "AUTO")
     return threads
 
 
