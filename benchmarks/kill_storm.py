@@ -37,6 +37,14 @@ def pretrain_command(args, out: Path) -> list[str]:
             *[a for d in args.data for a in ("--data", d)], "--out", str(out)]
 
 
+def run_env(args) -> dict[str, str]:
+    """The training processes' environment: --threads pins their CPU threads (torch, OpenMP, MKL)."""
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    return env
+
+
 def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
@@ -45,7 +53,8 @@ def reference(args) -> list[float]:
     out = Path(args.out) / "reference"
     if not (out / "summary.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
-        subprocess.run(pretrain_command(args, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(pretrain_command(args, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=run_env(args))
     return losses(out)
 
 
@@ -64,7 +73,7 @@ def storm(args, index: int, expected: list[float]) -> dict:
         began = out.is_dir() if args.always_resume else (out / "checkpoint").is_dir()
         resume = ["--resume"] if attempt and began else []
         launches.append({"resume": bool(resume), "found": _checkpoint_steps(out)})
-        proc = subprocess.Popen(base + resume, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(base + resume, stdout=log, stderr=log, start_new_session=True, env=run_env(args))
         if attempt == args.kills:  # the last one runs to the end
             code = proc.wait()
         else:
@@ -147,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads of the training processes (0: torch's default). With 2 threads on a loaded "
+                        "machine, runs were seen to part by an ulp without any kill (docs/results.md)")
     p.add_argument("--always-resume", action="store_true",
                    help="pass --resume after every kill once the run has made its folder, even before its first "
                         "checkpoint")
