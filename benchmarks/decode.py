@@ -36,6 +36,7 @@ Q-Compass and SAVO against `mha`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -180,7 +181,7 @@ def bound_table(argv: list[str]) -> None:
         torch.manual_seed(0)
         base = QuatrixLM(preset(args.preset, use_vision=False, **variant_overrides(name, HEADS))).eval()
         for dtype_name in args.dtypes.split(","):
-            model = base.to(DTYPES[dtype_name])
+            model = copy.deepcopy(base).to(DTYPES[dtype_name])  # each dtype from the fp32 weights
             for batch in map(int, args.batches.split(",")):
                 torch.manual_seed(1)
                 prompts = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len))

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import tiny_config
 from quatrix import QuatrixLM, generate
@@ -145,9 +146,17 @@ def test_generate_with_bf16_weights_and_a_compiled_step_matches_eager(capsys, mo
     compiler replaced by the eager step here: the compiled graph has its own test)."""
     from quatrix import static_decode
 
-    monkeypatch.setattr(static_decode, "_COMPILED", {"step": static_decode._decode_logits})
+    seen = []  # (dtype of the weights, cache type) of every static step taken
+
+    def step(model, tokens, cache):
+        seen.append((model.head.weight.dtype, type(cache).__name__))
+        return static_decode._decode_logits(model, tokens, cache)
+
+    monkeypatch.setattr(static_decode, "_COMPILED", {"step": step})
     args = ["generate", "--preset", "tiny", "--prompt", "15496 995", "--max-new-tokens", "6", "--temperature", "0"]
     assert main([*args, "--dtype", "bf16"]) == 0
     bf16 = capsys.readouterr().out
+    assert seen == []  # no --compile: the eager step
     assert main([*args, "--dtype", "bf16", "--compile"]) == 0
     assert capsys.readouterr().out == bf16 and len(bf16.split()) == 6
+    assert seen == [(torch.bfloat16, "StaticCache")] * 5  # 6 tokens: the prefill's, then 5 static steps

@@ -246,13 +246,19 @@ def test_the_static_decode_step_equals_the_growing_cache(name, overrides, rows):
 
 
 @pytest.mark.slow
-def test_a_compiled_decode_gives_the_eager_tokens():
+def test_a_compiled_decode_gives_the_eager_tokens(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(static_decode, "_COMPILED", {})
     torch.manual_seed(0)
     model = QuatrixLM(tiny_config(num_layers=1)).eval()
     eager = generate(model, PROMPTS, 12, temperature=0).tokens
-    assert generate(model, PROMPTS, 12, temperature=0, compile=True).tokens == eager
-    assert generate(model, PROMPTS[:1], 30, temperature=0, compile=True).tokens == \
-        generate(model, PROMPTS[:1], 30, temperature=0).tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a compiler failure (the eager fallback) fails the test
+        assert generate(model, PROMPTS, 12, temperature=0, compile=True).tokens == eager
+        assert generate(model, PROMPTS[:1], 30, temperature=0, compile=True).tokens == \
+            generate(model, PROMPTS[:1], 30, temperature=0).tokens
+    assert static_decode._COMPILED["step"] is not static_decode._decode_logits  # still the compiled step
 
 
 def test_a_compiler_that_fails_falls_back_to_the_same_step(monkeypatch):
@@ -276,3 +282,13 @@ def test_bf16_weights_take_images_and_waveforms():
     out = generate(model, [[1, 2, 3]], 4, temperature=0, pixel_values=torch.randn(1, 3, 32, 32),
                    mel_values=torch.randn(1, 4000))
     assert len(out.tokens[0]) == 4
+
+
+def test_a_static_cache_refuses_anything_but_one_token_per_row():
+    model = QuatrixLM(tiny_config()).eval()
+    ids, mask = left_pad(PROMPTS)
+    cache = Cache(model, ids.shape[0], ids.shape[1] + 4)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, cache=cache)
+    with pytest.raises(ValueError, match="decode steps only"):
+        model(torch.zeros(3, 2, dtype=torch.long), cache=StaticCache(cache))

@@ -32,7 +32,7 @@ class ChatSession:
                              f"(max_seq_len={model.config.max_seq_len})")
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
-        self.compile = compile  # a compiled static-shape decode step (quatrix.engine.decode_step)
+        self.compile = compile  # a compiled static-shape decode step (quatrix.static_decode)
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.system = system
         self.turns: list[dict] = []

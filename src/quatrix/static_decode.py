@@ -41,9 +41,10 @@ class StaticCache:
         self.slot = torch.tensor([cache.length], device=cache.device)  # the next free slot
         self.key_mask, self.text_len = cache.key_mask, cache.text_len
         self.layers = [StaticLayerCache(layer, self.slot) for layer in cache.layers]
-        self.slots = cache.key_mask.shape[1]
 
     def extend(self, text_mask: Tensor | int, prefix_len: int) -> tuple[Tensor, Tensor]:
+        if prefix_len or not isinstance(text_mask, int) or text_mask != 1:
+            raise ValueError("a StaticCache takes decode steps only: one real text token per row")
         positions = self.text_len[:, None].clone()  # [B, 1]
         self.text_len.add_(1)
         self.key_mask.index_fill_(1, self.slot, True)

@@ -69,11 +69,10 @@ def pin_threads(threads: int | None = None) -> int:
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     _mkl_set_dynamic(False)
-    # MKL's conditional numerical reproducibility: without it MKL may combine the partial sums
-    # of its threads in the order they finish, so a loaded machine moved a resumed run's loss
-    # by an ulp mid-run (the kill storm in a full test session). MKL reads this once, at its
-    # first computation, so it must be set before the run's first matmul; a user's own
-    # MKL_CBWR wins.
+    # MKL's conditional numerical reproducibility (one of Intel's conditions for equal results
+    # run to run). It did not stop the one-ulp drift seen with two threads on a loaded machine
+    # (docs/results.md, "A drift under load"), whose cause is open. MKL reads it once, at its
+    # first computation, so it is set before the run's first matmul; a user's own MKL_CBWR wins.
     os.environ.setdefault("MKL_CBWR", "AUTO")
     return threads
 
