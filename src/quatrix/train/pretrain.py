@@ -32,8 +32,7 @@ from quatrix.data.mixture import Mixture, parse_mixture
 from quatrix.data.pairs import PairLoader
 from quatrix.data.speech import CORPORA as SPEECH_CORPORA
 from quatrix.data.speech import AudioTextSource
-from quatrix.data.shards import SPLITS, ShardedTokens
-from quatrix.data.text import CORPORA, DEFAULT_CORPUS, TokenLoader, token_folder
+from quatrix.data.text import CORPORA, DEFAULT_CORPUS, TokenLoader, text_tokens
 from quatrix.data.world import WorldData, WorldLoader
 from quatrix.engine import generate
 from quatrix.eval.perplexity import evaluate_tokens
@@ -176,16 +175,6 @@ def build_data(options: PretrainConfig, tokenizer, config: QuatrixConfig, weight
     if world is not None:
         loaders["world"] = WorldLoader(world, options.batch_size, options.seed, d.rank, d.world_size)
     return Mixture(loaders, weights, options.seed), val_tokens
-
-
-def text_tokens(sources: list[str], tokenizer, cache_dir: Path, d):
-    """Train and held-out token ids, memory-mapped from a shard folder: a `quatrix data
-    prepare` folder, or the token cache built here from corpora and files."""
-    if d.is_main:  # one process tokenizes; the others wait, then read the same files
-        token_folder(sources, tokenizer, cache_dir)
-    d.barrier()
-    folder = token_folder(sources, tokenizer, cache_dir)
-    return tuple(ShardedTokens(folder, split, tokenizer.vocab_size) for split in SPLITS)
 
 
 def check_epochs(options: PretrainConfig, weights: dict[str, float], corpus: int, world_size: int) -> None:

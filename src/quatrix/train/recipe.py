@@ -6,7 +6,8 @@ A recipe names a preset and gives each stage its options:
   pretrain   options of `quatrix pretrain` (steps, batch_size, data, image_data, mixture, ...)
   sft        options of `quatrix sft` (data, audio_data, weights, steps, ...)
   grpo       options of `quatrix grpo` (task, steps, prompts_per_step, ...)
-  eval       perplexity_data, perplexity_batches, math_task, n, max_new_tokens, visual_qa, transcribe
+  eval       perplexity_data, perplexity_batches, math_task, n (held-out items: one number, or
+             {"math": N, "visual_qa": N, "transcribe": N}), max_new_tokens, visual_qa, transcribe
   samples    text_prompt, chat_prompt, max_new_tokens
 
 Option names are the fields of the stages' typed configs (PretrainConfig, SFTConfig,
@@ -36,8 +37,9 @@ TRAINING = ("pretrain", "sft", "grpo")
 TOP_LEVEL = {"name", "description", "preset", "needs_gpu", "expected_seconds", *STAGES}
 LINKS = frozenset({"out", "init", "tokenizer", "preset", "resume", "config", "stop_after"})  # the runner's to set
 STAGE_CONFIGS = {"pretrain": PretrainConfig, "sft": SFTConfig, "grpo": GRPOConfig}
-EVAL_FIELDS = {"perplexity_data": list, "perplexity_batches": int, "math_task": str, "n": int, "max_new_tokens": int,
+EVAL_FIELDS = {"perplexity_data": list, "perplexity_batches": int, "math_task": str, "n": (int, dict), "max_new_tokens": int,
                "visual_qa": bool, "transcribe": (str, type(None))}
+EVAL_TASKS = ("math", "visual_qa", "transcribe")
 SAMPLE_FIELDS = {"text_prompt": str, "chat_prompt": str, "max_new_tokens": int}
 
 
@@ -102,6 +104,16 @@ def validate(recipe: Any, where: str = "recipe") -> None:
                 raise ValueError(f"{where}: {stage}.{key}: unknown field; {stage} has {sorted(fields)}")
             if not isinstance(value, fields[key]) or isinstance(value, bool) and fields[key] is int:
                 raise ValueError(f"{where}: {stage}.{key}: expected {_type_name(fields[key])}, got {value!r}")
+    _check_eval_n(recipe["eval"].get("n", 200), where)
+
+
+def _check_eval_n(n, where: str) -> None:
+    counts = n.items() if isinstance(n, dict) else [("", n)]
+    for task, count in counts:
+        if task not in ("", *EVAL_TASKS):
+            raise ValueError(f"{where}: eval.n.{task}: unknown task; eval.n names {list(EVAL_TASKS)}")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"{where}: eval.n{'.' + task if task else ''}: expected a positive integer, got {count!r}")
 
 
 def _type_name(kind) -> str:

@@ -21,6 +21,7 @@ from quatrix.io import atomic_write_json, atomic_write_text
 from quatrix.train.metrics import smoothed
 
 TRAINED = ("pretrain", "sft", "grpo")
+SFT_TEXT = "text:"  # SFT's plain-text sources (quatrix.train.sft.TEXT)
 
 
 def checkpoint(out: Path, stage: str) -> Path:
@@ -28,6 +29,14 @@ def checkpoint(out: Path, stage: str) -> Path:
 
 
 # ---------------------------------------------------------------------- evaluation
+def eval_n(spec: dict, task: str) -> int:
+    """Held-out items for `task` ("math", "visual_qa", "transcribe"): the recipe's eval "n",
+    one number for every task or one per task (a task's question space may be small, and a
+    media task needs more items for its intervals to separate from the baselines')."""
+    n = spec.get("n", 200)
+    return n.get(task, 200) if isinstance(n, dict) else n
+
+
 @torch.no_grad()
 def evaluate_run(out: Path, recipe: dict) -> dict:
     from quatrix.eval.perplexity import evaluate_checkpoint
@@ -36,7 +45,7 @@ def evaluate_run(out: Path, recipe: dict) -> dict:
     from quatrix.pretrained import load_model_and_tokenizer
 
     spec = recipe["eval"]
-    n, new_tokens = spec.get("n", 200), spec.get("max_new_tokens", 16)
+    new_tokens = spec.get("max_new_tokens", 16)
     seq_len = recipe["pretrain"].get("seq_len", 128)
     results: dict = {"perplexity": {}, "math": {}}
     for stage in TRAINED:
@@ -48,16 +57,19 @@ def evaluate_run(out: Path, recipe: dict) -> dict:
         model.eval()
         if spec.get("math_task"):
             task = task_from_spec(spec["math_task"], 0, model.config)
-            results["math"][stage] = evaluate_task(model, tokenizer, task, n, batch_size=50, max_new_tokens=new_tokens)
+            results["math"][stage] = evaluate_task(model, tokenizer, task, eval_n(spec, "math"), batch_size=50,
+                                                   max_new_tokens=new_tokens)
         final = stage == TRAINED[-1]
         if spec.get("visual_qa") and stage != "pretrain" and model.config.use_vision:
             task = task_from_spec("visual_qa", 0, model.config)
             results.setdefault("visual_qa", {})[stage] = evaluate_task(
-                model, tokenizer, task, n, batch_size=50, max_new_tokens=8, with_baselines=final)
+                model, tokenizer, task, eval_n(spec, "visual_qa"), batch_size=50, max_new_tokens=8,
+                with_baselines=final)
         if spec.get("transcribe") and stage != "pretrain" and model.config.use_audio:
             task = task_from_spec(f"transcribe:data={spec['transcribe']}", 0, model.config)
             results.setdefault("transcribe", {})[stage] = evaluate_task(
-                model, tokenizer, task, n, batch_size=50, max_new_tokens=12, with_baselines=final)
+                model, tokenizer, task, eval_n(spec, "transcribe"), batch_size=50, max_new_tokens=12,
+                with_baselines=final)
     atomic_write_json(out / "eval" / "results.json", results)
     return results
 
@@ -147,11 +159,19 @@ def stage_rows(out: Path) -> list[dict]:
 
 def ends(metrics: list[dict], key: str) -> tuple[float, float]:
     """Mean of `key` over the first and over the last 5% of the steps (at least one step
-    each): one step is noise. In a mixture with text, text steps only: every source has its
-    own loss scale, and the text one is comparable across stages."""
+    each): one step is noise. In a pretraining mixture, text steps only (every source has its
+    own loss scale, and the text one is comparable across stages); in SFT with plain text
+    mixed in, the conversation steps only."""
     if any("text_loss" in r for r in metrics):
         key = "text_loss"
+    elif any(str(r.get("source", "")).startswith(SFT_TEXT) for r in metrics):
+        metrics = [r for r in metrics if not str(r.get("source", "")).startswith(SFT_TEXT)]
     return smoothed(metrics, key)
+
+
+def items_line(spec: dict, results: dict) -> str:
+    names = {"math": "math", "visual_qa": "visual QA", "transcribe": "transcription"}
+    return ", ".join(f"{names[k]} {eval_n(spec, k)}" for k in names if results.get(k))
 
 
 def _f(value, digits: int = 3) -> str:
@@ -184,6 +204,64 @@ def evaluation_table(results: dict) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------- what the run shows
+SFT_PERPLEXITY_LIMIT = 1.5  # SFT may cost the language model at most this factor in held-out perplexity
+ALPHA = 0.05
+
+
+def claims(results: dict, vocab_size: int) -> list[dict]:
+    """What each stage should have earned, tested on the held-out evaluation: `claim`, what
+    was `measured`, and whether it `holds`. Pretraining: held-out perplexity below the
+    vocabulary size (a model that learned nothing); SFT: perplexity at most 1.5x
+    pretraining's; GRPO: more held-out math right than after SFT, McNemar's exact p < 0.05
+    on the same items; visual QA and transcription: the 95% Wilson interval of the accuracy
+    above that of the better baseline (majority answer, media zeroed)."""
+    from quatrix.eval.tasks import mcnemar_exact, wilson_interval
+
+    out = []
+    ppl = {s: results.get("perplexity", {}).get(s, {}).get("perplexity") for s in TRAINED}
+    if ppl["pretrain"] is not None:
+        out.append({"claim": "pretraining lowers held-out text perplexity",
+                    "measured": f"{ppl['pretrain']:.1f}, against {vocab_size:,} for a uniform guess",
+                    "holds": ppl["pretrain"] < vocab_size})
+    if ppl["pretrain"] is not None and ppl["sft"] is not None:
+        ratio = ppl["sft"] / ppl["pretrain"]
+        out.append({"claim": f"SFT keeps held-out text perplexity within {SFT_PERPLEXITY_LIMIT}× of pretraining's",
+                    "measured": f"{ppl['pretrain']:.1f} → {ppl['sft']:.1f} ({ratio:.2f}×)",
+                    "holds": ratio <= SFT_PERPLEXITY_LIMIT})
+    math = results.get("math", {})
+    if "solved" in math.get("sft", {}) and "solved" in math.get("grpo", {}):
+        before, after = math["sft"]["solved"], math["grpo"]["solved"]
+        gained = sum(b and not a for a, b in zip(before, after))
+        lost = sum(a and not b for a, b in zip(before, after))
+        p = mcnemar_exact(gained, lost)
+        out.append({"claim": "GRPO raises held-out math accuracy (paired, McNemar's exact test)",
+                    "measured": f"{math['sft']['accuracy']:.3f} → {math['grpo']['accuracy']:.3f}; {gained} items "
+                                f"right only after GRPO, {lost} only before; p = {p:.2g}",
+                    "holds": gained > lost and p < ALPHA})
+    for key, label in (("visual_qa", "visual QA"), ("transcribe", "transcription")):
+        final = results.get(key, {}).get(TRAINED[-1])
+        if not final or "baselines" not in final:
+            continue
+        n, base = final["n"], final["baselines"]
+        name, best = max(((k, base[k]) for k in ("majority_accuracy", "text_only_accuracy") if k in base),
+                         key=lambda kv: kv[1])
+        low, _ = wilson_interval(round(final["accuracy"] * n), n)
+        _, high = wilson_interval(round(best * n), n)
+        which = "majority answer" if name == "majority_accuracy" else "media zeroed"
+        out.append({"claim": f"{label} beats both baselines (95% intervals apart)",
+                    "measured": f"{final['accuracy']:.3f} (interval from {low:.3f}) against {which} {best:.3f} "
+                                f"(interval to {high:.3f}), n = {n}",
+                    "holds": low > high})
+    return out
+
+
+def claims_table(rows: list[dict]) -> list[str]:
+    lines = ["| claim | measured | holds |", "|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['measured']} | {'yes' if r['holds'] else '**no**'} |" for r in rows]
+    return lines
+
+
 def write_report(out: Path) -> Path:
     from quatrix.params import count_parameters, parameter_table
     from quatrix.pretrained import load_model_and_tokenizer
@@ -201,7 +279,8 @@ def write_report(out: Path) -> Path:
              f"{run_config.get('world_size', 1)} process(es).", "",
              "## Stages", "",
              "| stage | wall time (s) | steps | tokens | tokens/s (median) | training loss, first → last 5% of "
-             "steps (pretraining: text steps; GRPO: reward) | last validation loss |", "|---|---:|---:|---:|---:|---|---:|"]
+             "steps (pretraining: text steps; SFT: conversations; GRPO: reward) | last validation loss |",
+             "|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         losses = f"{r['first']:.3f} → {r['last']:.3f}" if "first" in r else "–"
         lines.append(f"| {r['stage']} | {_f(r['seconds'], 0)} | {r.get('steps', '–')} | "
@@ -209,8 +288,11 @@ def write_report(out: Path) -> Path:
                      if "steps" in r else f"| {r['stage']} | {_f(r['seconds'], 0)} | – | – | – | – | – |")
     total = sum(r["seconds"] or 0 for r in rows)
     lines += ["", f"Total: {total:.0f} s.", "", "## Evaluation", "",
-              f"Greedy, on {recipe['eval'].get('n', 200)} held-out items per task (`eval/results.json`).", "",
-              *evaluation_table(results), "", "## Samples", ""]
+              f"Greedy, on held-out items ({items_line(recipe['eval'], results)}; `eval/results.json`).", "",
+              *evaluation_table(results), "", "## What the run shows", "",
+              "Each stage against what it should have earned, on the held-out items above "
+              "(quatrix.train.report.claims).", "",
+              *claims_table(claims(results, model.config.vocab_size)), "", "## Samples", ""]
     for key, sample in samples.items():
         if key == "text":
             lines.append(f"- **text** (pretrained model, temperature 0.8): {sample['prompt']!r} → "
@@ -239,7 +321,8 @@ def write_report(out: Path) -> Path:
 
 def summary_table(out: Path) -> str:
     """A few lines for the terminal: each stage's time and loss, then the evaluation."""
-    lines = [f"{'stage':<10}{'time':>8}  training loss, first -> last 5% of steps (pretrain: text; grpo: reward)"]
+    lines = [f"{'stage':<10}{'time':>8}  training loss, first -> last 5% of steps (pretrain: text; sft: conversations; "
+             "grpo: reward)"]
     for r in stage_rows(out):
         loss = f"{r['first']:.3f} -> {r['last']:.3f}" if "first" in r else ""
         lines.append(f"{r['stage']:<10}{_f(r['seconds'], 0):>7}s  {loss}")
@@ -252,6 +335,9 @@ def summary_table(out: Path) -> str:
             r = results[key]["grpo"]
             lines.append(f"{label}: {_f(r['accuracy'])} (majority {_f(r['baselines']['majority_accuracy'])}, "
                          f"media zeroed {_f(r['baselines']['text_only_accuracy'])})")
+    vocab = json.loads((checkpoint(out, TRAINED[-1]) / "config.json").read_text())["vocab_size"]
+    for row in claims(results, vocab):
+        lines.append(f"{'yes' if row['holds'] else 'NO '}  {row['claim']}: {row['measured']}")
     return "\n".join(lines)
 
 

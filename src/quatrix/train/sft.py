@@ -1,11 +1,15 @@
 """Stage 2 of the Berry recipe: supervised finetuning on conversations.
 
     quatrix sft --init runs/tiny/checkpoint --data task:chain_sum --data chitchat --weights 0.8,0.2 --out runs/sft
+    quatrix sft --init ... --data task:chain_sum --data text:shakespeare --weights 0.85,0.15
 
 Starts from a checkpoint (its tokenizer comes with it) and trains on the loss-masked tokens
 of the one chat format (quatrix.chat): assistant content and the end of each assistant
 turn. Sources and their batches are quatrix.data.sft's; each step draws its batch from one
-source, chosen with --weights as pretraining's mixture does. Checkpoints, exact resume,
+source, chosen with --weights as pretraining's mixture does. A `text:CORPUS` source (any
+pretraining --data: a corpus, files, a prepared folder) adds plain-text windows trained on
+every token, as in pretraining, so that finetuning keeps the language model it started
+from; its held-out windows are validated on their own (`val_text_loss`). Checkpoints, exact resume,
 metrics, precision and DistributedDataParallel are the Trainer's (quatrix.train.trainer).
 """
 
@@ -13,19 +17,26 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from quatrix.chat import END
 from quatrix.data.mixture import Mixture
 from quatrix.data.sft import ConversationSource, SFTLoader, collate
 from quatrix.data.speech import parse_audio_spec
+from quatrix.data.text import TokenLoader, text_tokens
 from quatrix.engine import generate
+from quatrix.eval.perplexity import evaluate_tokens
 from quatrix.media import check_encoder
 from quatrix.train import options
 from quatrix.train.options import BatchConfig, default, option
 from quatrix.train.trainer import Trainer, load_init
 from quatrix.validation import int_at_least, nonnegative_int, positive_int
+
+
+TEXT = "text:"  # a plain-text source: `text:CORPUS`
 
 
 @dataclass
@@ -34,7 +45,8 @@ class SFTConfig(BatchConfig):
                                                   "run's OUT/checkpoint")
     data: list[str] = option(default_factory=list,
                              help="conversations: a .jsonl of {\"messages\": [...]}, chitchat, or "
-                                  "task:NAME[:key=value,...] (a task's worked solutions or answers); repeatable")
+                                  "task:NAME[:key=value,...] (a task's worked solutions or answers); or plain text "
+                                  "to keep the language model: text:CORPUS (a pretraining --data source); repeatable")
     audio_data: str | None = option(None, help="speech to transcribe: spoken-digits, spoken-numbers, "
                                                "spoken-sentences or a folder / .jsonl of clips with transcripts "
                                                "(the source task:transcribe:data=X, after the --data sources)")
@@ -75,13 +87,20 @@ class SFTTrainer(Trainer):
         if config.seq_len > model_config.max_seq_len:
             raise ValueError(f"--seq-len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}")
         self.conversations = {spec: ConversationSource(spec, self.tokenizer, config.seq_len, config.seed, log=self.log,
-                                                       config=model_config) for spec in self.weights}
+                                                       config=model_config)
+                              for spec in self.weights if not spec.startswith(TEXT)}
         media = {spec: s.media() for spec, s in self.conversations.items()}
         for spec, carried in media.items():
             for name in carried:
                 check_encoder(model_config, name, f"--data {spec}")
         self.loaders = {spec: SFTLoader(s, config.batch_size, self.tokenizer.eot_id, model_config, config.seed,
                                         self.d.rank, self.d.world_size) for spec, s in self.conversations.items()}
+        cache_dir = Path(config.out).parent / ".token_cache"  # pretraining's default cache: the same corpus is reused
+        self.text_validation = {}
+        for spec in (s for s in self.weights if s.startswith(TEXT)):
+            train, self.text_validation[spec] = text_tokens([spec[len(TEXT):]], self.tokenizer, cache_dir, self.d)
+            self.loaders[spec] = TokenLoader(train, config.seq_len, config.batch_size, config.seed, self.d.rank,
+                                             self.d.world_size)
         self.loader = Mixture(self.loaders, self.weights, config.seed)
         self.sources = set().union(*media.values())
         self.validation = []
@@ -96,16 +115,28 @@ class SFTTrainer(Trainer):
         return bool(self.sources) and len(self.weights) > 1
 
     def step_extra(self) -> dict:
-        return {"skipped": sum(loader.skipped for loader in self.loaders.values())}
+        return {"skipped": sum(loader.skipped for loader in self.loaders.values() if isinstance(loader, SFTLoader))}
 
     def evaluate(self) -> dict:
-        return {"val_loss": masked_loss(self.model, self.validation, self.tokenizer.eot_id, self.model.config,
-                                        self.config.batch_size, self.device)}
+        """The masked loss on held-out conversations; with text sources, also the loss on
+        their held-out windows (about --eval-n of them), as pretraining validates."""
+        config = self.config
+        result = {}
+        if self.validation:
+            result["val_loss"] = masked_loss(self.model, self.validation, self.tokenizer.eot_id, self.model.config,
+                                             config.batch_size, self.device)
+        if self.text_validation:
+            batches = -(-config.eval_n // config.batch_size)
+            need = batches * config.batch_size * config.seq_len
+            tokens = np.concatenate([v[:need] for v in self.text_validation.values()])
+            result["val_text_loss"] = evaluate_tokens(self.model, tokens, config.seq_len, config.batch_size,
+                                                      max_batches=batches, device=self.device)["loss"]
+        return result
 
     def report(self) -> None:
         super().report()
         print(self.summary_line())
-        if self.config.sample_tokens:
+        if self.config.sample_tokens and self.conversations:
             print_sample(self.model, self.tokenizer, next(iter(self.conversations.values())),
                          self.config.sample_tokens)
 

@@ -233,6 +233,9 @@ class Trainer:
             line += f", validation loss {val[-1]['val_loss']:.3f}"
             if "val_perplexity" in val[-1]:
                 line += f" (perplexity {val[-1]['val_perplexity']:.1f})"
+        text = [r for r in records if "val_text_loss" in r]
+        if text:
+            line += f", held-out plain-text loss {text[-1]['val_text_loss']:.3f}"
         return line + f"; checkpoint {self.out / CHECKPOINT_DIR}"
 
 
