@@ -4,7 +4,7 @@ import math
 import pytest
 
 from quatrix.cli import main
-from quatrix.eval.tasks import evaluate_task, pass_at_k, wilson_interval
+from quatrix.eval.tasks import evaluate_task, mcnemar_exact, pass_at_k, wilson_interval
 from quatrix.tasks import task_from_spec
 from quatrix.pretrained import load_model_and_tokenizer
 from tests.conftest import TASK
@@ -43,3 +43,11 @@ def test_eval_cli_prints_json_for_a_task(chat_checkpoint, capsys):
     assert result["n"] == 4 and result["task"] == "chain_sum"
     assert main(["eval", "--ckpt", str(chat_checkpoint), "--task", "visual_qa", "--n", "2"]) == 2
     assert "no vision encoder" in capsys.readouterr().err
+
+
+def test_mcnemar_exact_p_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 5) == 1.0
+    assert abs(mcnemar_exact(0, 5) - 2 / 32) < 1e-12  # all five disagreements one way
+    assert abs(mcnemar_exact(37, 68) - mcnemar_exact(68, 37)) < 1e-15
+    assert mcnemar_exact(37, 68) < 0.01

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -54,3 +57,26 @@ def main(args: argparse.Namespace) -> int:
           f"http://{args.host}:{args.port}/ ({where}); API at /v1", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+@contextlib.contextmanager
+def running_server(app, timeout: float = 30.0):
+    """Serve `app` with uvicorn on a free loopback port in a background thread and yield its
+    base URL (http://127.0.0.1:PORT); stop it on exit. For benchmarks and tests that drive
+    the API with outside clients (lm-evaluation-harness, schemathesis, a browser)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not (server.started and server.servers):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
