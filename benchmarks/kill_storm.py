@@ -82,7 +82,10 @@ def storm(args, index: int, expected: list[float]) -> dict:
             # slow machine does not turn every kill into a start-up kill
             in_startup = rng.random() < 0.25
             gap = rng.uniform(args.min_gap, args.max_gap)
-            code = proc.poll() if in_startup else _wait_for_training(proc, out)
+            if args.gap_steps and not in_startup:  # by progress: so many new steps, then a moment
+                low, high = args.gap_steps
+                steps, gap = rng.randint(low, high), rng.uniform(0.0, 0.2)
+            code = proc.poll() if in_startup else _wait_for_training(proc, out, steps if args.gap_steps else 1)
             try:
                 code = code if code is not None else proc.wait(timeout=gap)
             except subprocess.TimeoutExpired:
@@ -128,18 +131,28 @@ def _checkpoint_steps(out: Path) -> dict[str, int | None]:
     return found
 
 
-def _wait_for_training(proc: subprocess.Popen, out: Path, limit_s: float = 120.0) -> int | None:
-    """Wait until the run logs a new training step (or exits: its exit status)."""
+def _wait_for_training(proc: subprocess.Popen, out: Path, steps: int = 1, limit_s: float = 120.0) -> int | None:
+    """Wait until the run logs `steps` new training steps (or exits: its exit status)."""
     path = out / "metrics.jsonl"
     before = len(path.read_text().splitlines()) if path.is_file() else 0
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return proc.returncode
-        if path.is_file() and len(path.read_text().splitlines()) > before:
+        if path.is_file() and len(path.read_text().splitlines()) >= before + steps:
             return None
         time.sleep(0.02)
     return None
+
+
+def _step_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX steps, got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return low, high
 
 
 def parser() -> argparse.ArgumentParser:
@@ -148,6 +161,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--min-gap", type=float, default=1.0, help="seconds before a kill, at least")
     p.add_argument("--max-gap", type=float, default=3.0, help="seconds before a kill, at most")
+    p.add_argument("--gap-steps", type=_step_range, default=None, metavar="MIN,MAX",
+                   help="time the kills made during training by progress, not seconds: after MIN to MAX new "
+                        "training steps (then up to 0.2 s more), so that a storm is the same on a fast and a "
+                        "slow machine; start-up kills keep --min-gap/--max-gap")
     p.add_argument("--schedule-seed", type=int, default=0, help="fixes every storm's kill times")
     p.add_argument("--tokenizer", default="gpt2")
     p.add_argument("--data", action="append", default=[])

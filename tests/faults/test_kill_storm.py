@@ -25,8 +25,11 @@ def test_twenty_kills_then_identical_losses(tmp_path):
     train_tokenizer([text], 300, tmp_path / "tok")
     # one training thread: with two, on a loaded machine (a full test session), runs part by an
     # ulp even without kills (docs/results.md, "A drift under load"); this test is about resume
+    # training kills come after 1-8 new steps (not seconds): on a fast machine a time schedule let
+    # the 200 steps finish after 9 kills
     args = kill_storm.parser().parse_args([
-        "--threads", "1", "--kills", "20", "--min-gap", "0.4", "--max-gap", "2.4", "--schedule-seed", "1", "--always-resume",
+        "--threads", "1", "--kills", "20", "--min-gap", "0.4", "--max-gap", "2.4", "--gap-steps", "1,8",
+        "--schedule-seed", "1", "--always-resume",
         "--tokenizer", str(tmp_path / "tok"), "--data", str(tmp_path / "corpus.txt"), "--steps", "200",
         "--batch-size", "4", "--seq-len", "32", "--out", str(tmp_path / "storm")])
     expected = kill_storm.reference(args)
