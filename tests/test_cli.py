@@ -152,7 +152,7 @@ def test_generate_with_bf16_weights_and_a_compiled_step_matches_eager(capsys, mo
         seen.append((model.head.weight.dtype, type(cache).__name__))
         return static_decode._decode_logits(model, tokens, cache)
 
-    monkeypatch.setattr(static_decode, "_COMPILED", {"step": step})
+    monkeypatch.setattr(static_decode, "_compiled_step", lambda model: lambda tokens, cache: step(model, tokens, cache))
     args = ["generate", "--preset", "tiny", "--prompt", "15496 995", "--max-new-tokens", "6", "--temperature", "0"]
     assert main([*args, "--dtype", "bf16"]) == 0
     bf16 = capsys.readouterr().out

@@ -246,10 +246,9 @@ def test_the_static_decode_step_equals_the_growing_cache(name, overrides, rows):
 
 
 @pytest.mark.slow
-def test_a_compiled_decode_gives_the_eager_tokens(monkeypatch):
+def test_a_compiled_decode_gives_the_eager_tokens():
     import warnings
 
-    monkeypatch.setattr(static_decode, "_COMPILED", {})
     torch.manual_seed(0)
     model = QuatrixLM(tiny_config(num_layers=1)).eval()
     eager = generate(model, PROMPTS, 12, temperature=0).tokens
@@ -258,7 +257,20 @@ def test_a_compiled_decode_gives_the_eager_tokens(monkeypatch):
         assert generate(model, PROMPTS, 12, temperature=0, compile=True).tokens == eager
         assert generate(model, PROMPTS[:1], 30, temperature=0, compile=True).tokens == \
             generate(model, PROMPTS[:1], 30, temperature=0).tokens
-    assert static_decode._COMPILED["step"] is not static_decode._decode_logits  # still the compiled step
+        compiled = vars(model)[static_decode.COMPILED_ATTR][1]
+        assert compiled is not None  # still the compiled step
+        # the weights are frozen into the graph: changed weights (an optimizer step, a load)
+        # compile afresh instead of decoding with the old ones
+        with torch.no_grad():
+            model.head.weight.mul_(-1.0)
+        assert generate(model, PROMPTS, 12, temperature=0, compile=True).tokens == \
+            generate(model, PROMPTS, 12, temperature=0).tokens != eager
+        assert vars(model)[static_decode.COMPILED_ATTR][1] is not compiled
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+        assert generate(model, PROMPTS, 4, temperature=0, compile=True).tokens == \
+            generate(model, PROMPTS, 4, temperature=0).tokens
+    assert static_decode.COMPILED_ATTR not in model.state_dict() and \
+        static_decode.COMPILED_ATTR not in dict(model.named_modules())
 
 
 def test_a_compiler_that_fails_falls_back_to_the_same_step(monkeypatch):
@@ -268,7 +280,6 @@ def test_a_compiler_that_fails_falls_back_to_the_same_step(monkeypatch):
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(static_decode, "_COMPILED", {})
     torch.manual_seed(0)
     model = QuatrixLM(tiny_config()).eval()
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C compiler"):

@@ -62,7 +62,51 @@ def _decode_logits(model, tokens: Tensor, cache) -> Tensor:
     return model(tokens[:, None], cache=cache, check_values=False)["logits"][:, -1]
 
 
-_COMPILED: dict[str, object] = {}
+class _Step(torch.nn.Module):
+    """The decode step as a module that owns the model, so that torch.compile sees the
+    weights as the module's own parameters: with Inductor's `freezing` they become constants
+    of the graph, prepacked for the CPU's matmul kernels (oneDNN / MKL). A batch-1 step is a
+    chain of matrix-vector products, and on a CPU the plain [out, in] weights are read far
+    below the memory bandwidth (docs/results.md, "Decoding against the memory-bandwidth
+    bound")."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, cache) -> Tensor:
+        return _decode_logits(self.model, tokens, cache)
+
+
+COMPILED_ATTR = "_quatrix_compiled_decode"  # on the model: (weights' identity, compiled step or None)
+
+
+def _freezing():
+    """Inductor's freezing, around every call that may compile a graph (the first, a new
+    shape): in torch 2.13 `torch.compile(options={"freezing": True})` does not reach it."""
+    return torch._inductor.config.patch(freezing=True)
+
+
+def _weights_key(model) -> tuple:
+    """What the frozen graph baked in: every parameter's storage, version and dtype. A change
+    through the parameters (an optimizer step, `load_state_dict`, a dtype cast) compiles
+    afresh; one through `.data`, which autograd does not count either, is not seen."""
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+
+
+def _compiled_step(model):
+    """The model's compiled step, compiled again when its weights changed; None where the
+    compiler failed (the step then runs eagerly). Kept in the model's own __dict__ (not a
+    submodule, not in its state), so that it lives and dies with the model. A change of
+    weights resets torch._dynamo: every process-wide compiled graph is dropped and compiles
+    again on its next call (rare: a model is not trained while it decodes)."""
+    key = _weights_key(model)
+    entry = vars(model).get(COMPILED_ATTR)
+    if entry is None or entry[0] != key:
+        if entry is not None:  # dynamo guards on the parameters' identity, not their values: its
+            torch._dynamo.reset()  # graph with the old weights frozen in would still match
+        entry = vars(model)[COMPILED_ATTR] = (key, torch.compile(_Step(model), dynamic=False))
+    return entry[1]
 
 
 def decode_step(model, cache, compile: bool = False):
@@ -70,28 +114,34 @@ def decode_step(model, cache, compile: bool = False):
 
     Eager by default: the model's forward over the growing Cache. compile=True runs
     `torch.compile` over a StaticCache (one shape for the whole generation, so one graph,
-    reused by later calls of the same shapes): it fuses the small per-token ops whose
-    launch costs dominate batch-1 decoding on a CPU. The first call compiles (tens of
-    seconds on a small CPU; benchmarks/decode.py); where the compiler fails (no C compiler,
-    an unsupported platform) it warns once and runs the same static step eagerly. Each model,
-    batch size, cache bucket and dtype is its own graph; past torch._dynamo's recompile_limit
-    (8 graphs by default) dynamo warns and runs the step eagerly."""
+    reused by later calls of the same shapes), with the weights frozen into the graph and
+    prepacked (`_Step`): it fuses the small per-token ops and runs the matrix-vector
+    products on packed weights (1.3-1.6x the unfrozen compiled step at batch 1 on a 2-core
+    AMD EPYC; docs/results.md). The first call compiles (tens of seconds on a small CPU;
+    benchmarks/decode.py), and so does the first call after the weights change; where the
+    compiler fails (no C compiler, an unsupported platform) it warns once and runs the same
+    static step eagerly. Each batch size, cache bucket and dtype is its own graph; past
+    torch._dynamo's recompile_limit (8 graphs by default) dynamo warns and runs the step
+    eagerly."""
     if not compile:
         return lambda tokens: _decode_logits(model, tokens, cache)
     static = StaticCache(cache)
+    fn = _compiled_step(model)
 
     def step(tokens: Tensor) -> Tensor:
-        fn = _COMPILED.get("step")
-        if fn is None:
-            fn = _COMPILED["step"] = torch.compile(_decode_logits, dynamic=False)
-        try:
-            logits = fn(model, tokens, static)
-        except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the same step, eager
-            if fn is not _decode_logits:
+        nonlocal fn
+        if fn is not None:
+            try:
+                with _freezing():
+                    logits = fn(tokens, static)
+                static.advance()
+                return logits
+            except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the same step, eager
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                               f"decoding without it", RuntimeWarning, stacklevel=2)
-                _COMPILED["step"] = _decode_logits
-            logits = _decode_logits(model, tokens, static)
+                fn = None
+                vars(model)[COMPILED_ATTR] = (_weights_key(model), None)
+        logits = _decode_logits(model, tokens, static)
         static.advance()
         return logits
 
