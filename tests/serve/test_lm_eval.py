@@ -5,19 +5,22 @@ must equal Quatrix's own to 1e-4."""
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("lm_eval", reason="the [eval] extra (lm-eval) is not installed")
 pytest.importorskip("fastapi", reason="the [serve] extra (fastapi, uvicorn) is not installed")
 
-import torch  # noqa: E402
 
 from quatrix.hf.export import export_hf  # noqa: E402
-from quatrix.loss import token_logprobs  # noqa: E402
 from quatrix.pretrained import load_model_and_tokenizer  # noqa: E402
 from quatrix.serve.app import create_app, scheduler_for  # noqa: E402
 from serve_helpers import running_server  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+from lm_eval_berry import own_loglikelihood  # noqa: E402  (the harness's split, scored by Quatrix)
 
 QUESTIONS = [("hello there, how are", ["you", "fine", "today"], 0), ("I am", ["fine", "there", "you"], 0),
              ("how are you", ["today", "hello", "I"], 0), ("hello", ["there", "fine", "am"], 0)]
@@ -75,18 +78,6 @@ def evaluate(root, model: str, model_args: str) -> dict:
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=["quatrix_mc", "quatrix_gen"],
                                    task_manager=TaskManager(include_path=str(root / "tasks")), log_samples=True,
                                    batch_size=2)
-
-
-def own_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
-    """The harness's split of context and continuation (trailing spaces move to the
-    continuation; the continuation is what the whole adds to the context), scored by Quatrix."""
-    spaces = len(context) - len(context.rstrip())
-    context, continuation = context[: len(context) - spaces], context[len(context) - spaces:] + continuation
-    whole, prefix = tokenizer.encode(context + continuation), tokenizer.encode(context)
-    with torch.no_grad():
-        ids = torch.tensor([whole])
-        logp = token_logprobs(model(ids)["logits"][:, :-1], ids[:, 1:])[0][0]
-    return float(logp[len(prefix) - 1:].sum())
 
 
 def check_against_quatrix(results, chat_checkpoint) -> float:

@@ -19,7 +19,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from quatrix.chat import END
@@ -125,12 +124,11 @@ class SFTTrainer(Trainer):
         if self.validation:
             result["val_loss"] = masked_loss(self.model, self.validation, self.tokenizer.eot_id, self.model.config,
                                              config.batch_size, self.device)
-        if self.text_validation:
+        if self.text_validation:  # the mean over the text sources, each on its first --eval-n windows
             batches = -(-config.eval_n // config.batch_size)
-            need = batches * config.batch_size * config.seq_len
-            tokens = np.concatenate([v[:need] for v in self.text_validation.values()])
-            result["val_text_loss"] = evaluate_tokens(self.model, tokens, config.seq_len, config.batch_size,
-                                                      max_batches=batches, device=self.device)["loss"]
+            losses = [evaluate_tokens(self.model, tokens, config.seq_len, config.batch_size, max_batches=batches,
+                                      device=self.device)["loss"] for tokens in self.text_validation.values()]
+            result["val_text_loss"] = sum(losses) / len(losses)
         return result
 
     def report(self) -> None:
