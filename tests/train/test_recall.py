@@ -16,7 +16,7 @@ def test_cells_are_zoologys_models():
     spec = MQARSpec.parse(TASK)
     config = cell_config(Cell(TASK, "mh-qcompass", 64, 1e-3, 0), spec, Recipe())
     assert (config.num_layers, config.ffn_ratio, config.q_rank, config.q_heads, config.max_seq_len) == (2, 0, 16, 4, 16)
-    assert cell_config(Cell(TASK, "qcompass", 64, 1e-3, 0), spec, Recipe(rank_rule="full")).q_rank == 64
+    assert cell_config(Cell(TASK, "qcompass", 64, 1e-3, 0, "full"), spec, Recipe()).q_rank == 64
     model = QuatrixLM(config)
     assert not any(".ffn." in name for name, _ in model.named_parameters())  # the MLP is the identity
 
@@ -47,3 +47,28 @@ def test_the_study_writes_its_table_and_figure_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0  # finished cells are not trained again
     assert "4 already done, 0 to train" in capsys.readouterr().out
+
+
+def test_both_rank_rules_give_a_row_each_and_full_attention_one(tmp_path):
+    argv = ["ablate", "--task", TASK, "--variants", "qcompass,mha", "--d-model", "32", "--lrs", "1e-2",
+            "--seeds", "0", "--epochs", "1", "--batch-size", "64", "--eval-every", "2", "--rank-rule",
+            "quarter,full", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert sorted((c["variant"], c["q_rank"]) for c in cells) == [("mha", 8), ("qcompass", 8), ("qcompass", 32)]
+    table = (tmp_path / "results.md").read_text()
+    assert "| Q-Compass (SAO) |" in table and "| Q-Compass (SAO), r = d_model |" in table
+    assert table.count("| attention, full rank |") == 1
+
+
+def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
+    argv = ["ablate", "--task", TASK, "--variants", "qcompass", "--d-model", "32", "--lrs", "1e-2", "--seeds", "0",
+            "--epochs", "1", "--batch-size", "64", "--eval-every", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    before = (tmp_path / "results.json").read_text()
+    assert main([*argv[:-2], "--epochs", "2", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "another recipe" in err and "epochs 1 there, 2 here" in err
+    assert (tmp_path / "results.json").read_text() == before
+    assert main([*argv[:-2], "--rank-rule", "half", "--out", str(tmp_path)]) != 0
+    assert "--rank-rule must be" in capsys.readouterr().err

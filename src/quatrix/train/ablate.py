@@ -73,8 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recall.add_argument("--no-mlp", action="store_true", help="the MLP replaced by the identity, as in Zoology")
     recall.add_argument("--lrs", default="1e-4,4.6e-4,2.2e-3,1e-2", help="learning rates, comma-separated (the best "
                                                                       "one per cell is reported)")
-    recall.add_argument("--rank-rule", choices=RANK_RULES, default="quarter",
-                        help="Q-Compass routing rank: d_model / 4, or d_model")
+    recall.add_argument("--rank-rule", default="quarter",
+                        help=f"routing rank of the ranked variants: {' or '.join(RANK_RULES)} (d_model / 4 or "
+                             "d_model), or both, comma-separated (a row each)")
     recall.add_argument("--epochs", type=positive_int, default=8, help="passes over the training examples at most")
     recall.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once (1 thread each)")
 

@@ -11,11 +11,14 @@ learned positional embeddings, AdamW with weight decay 0.1, a cosine decay to 0 
 run, and an early stop once test accuracy passes 0.99. A cell's accuracy is exact match
 over every query of the test set (quatrix.data.mqar); the table reports, per variant and
 width, the best learning rate's, as the paper does. Q-Compass routes at rank
-r = d_model / 4 (--rank-rule quarter) or r = d_model (full), since rank is the knob it adds.
+r = d_model / 4 (--rank-rule quarter) or r = d_model (full), or both (--rank-rule quarter,full:
+one more row per ranked variant), since rank is the knob it adds; full attention has no rank.
 
 Cells run one at a time, or `--jobs N` at once (each with 1 thread; their wall-clock then
 says less). Each finished cell is written to results.json at once, so an interrupted study
-resumes with the cells it has not finished.
+resumes with the cells it has not finished; resuming with another training recipe (epochs,
+batch size, depth, ...) is refused, naming the fields that differ, so that one table never
+mixes two recipes.
 """
 
 from __future__ import annotations
@@ -47,10 +50,17 @@ class Cell:
     d_model: int
     lr: float
     seed: int
+    rank_rule: str = "quarter"
 
     @property
     def key(self) -> str:
-        return f"{self.task}|{self.variant}|{self.d_model}|{self.lr:g}|{self.seed}"
+        rank = "" if self.rank_rule == "quarter" else f"|r={self.rank_rule}"
+        return f"{self.task}|{self.variant}|{self.d_model}|{self.lr:g}|{self.seed}{rank}"
+
+    @property
+    def row(self) -> str:
+        """The table row: the variant, and its rank rule where it is not the default."""
+        return self.variant if self.rank_rule == "quarter" else f"{self.variant}|r={self.rank_rule}"
 
 
 @dataclass(frozen=True)
@@ -58,14 +68,13 @@ class Recipe:
     layers: int = 2
     no_mlp: bool = True
     heads: int = 4
-    rank_rule: str = "quarter"
     epochs: int = 8
     batch_size: int = 64
     eval_every: int = 100  # steps between test evaluations (the early stop looks at them)
 
 
 def cell_config(cell: Cell, spec: MQARSpec, recipe: Recipe) -> QuatrixConfig:
-    rank = cell.d_model // 4 if recipe.rank_rule == "quarter" else cell.d_model
+    rank = cell.d_model // 4 if cell.rank_rule == "quarter" else cell.d_model
     return QuatrixConfig(vocab_size=spec.vocab, hidden_size=cell.d_model, num_layers=recipe.layers,
                          max_seq_len=spec.seq_len, q_rank=rank, ffn_ratio=0 if recipe.no_mlp else 4,
                          **variant(cell.variant).overrides(recipe.heads))
@@ -109,10 +118,19 @@ def train_cell(cell: Cell, recipe: Recipe, threads: int | None = None) -> dict:
 
 
 def run_study(cells: list[Cell], recipe: Recipe, out: Path, jobs: int = 1, log=print) -> list[dict]:
-    """Train the cells results.json does not hold yet; every record, in the cells' order."""
+    """Train the cells results.json does not hold yet; every record the folder holds, these cells
+    and earlier invocations' alike."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
-    done = {r["key"]: r for r in json.loads(path.read_text())["cells"]} if path.is_file() else {}
+    done = {}
+    if path.is_file():
+        held = json.loads(path.read_text())
+        differ = [f"{k} {held['recipe'].get(k)!r} there, {v!r} here" for k, v in asdict(recipe).items()
+                  if held["recipe"].get(k) != v]
+        if differ:
+            raise ValueError(f"{path} holds a study trained with another recipe ({'; '.join(differ)}); "
+                             "choose another --out, or the same flags")
+        done = {r["key"]: r for r in held["cells"]}
     todo = [c for c in cells if c.key not in done]
     log(f"recall study: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to train")
 
@@ -130,14 +148,26 @@ def run_study(cells: list[Cell], recipe: Recipe, out: Path, jobs: int = 1, log=p
     else:
         for cell in todo:
             keep({**train_cell(cell, recipe), "key": cell.key})
-    return [done[c.key] for c in cells]
+    return list(done.values())
+
+
+def row(record: dict) -> str:
+    """A record's table row: its variant, and its rank rule where it is not the default (records
+    written before cells had a rank rule were all d_model / 4)."""
+    return Cell(record["task"], record["variant"], record["d_model"], record["lr"], record["seed"],
+                record.get("rank_rule", "quarter")).row
+
+
+def label(name: str) -> str:
+    base, _, rule = name.partition("|r=")
+    return VARIANTS[base].label + (", r = d_model" if rule == "full" else "")
 
 
 def best_by_cell(records: list[dict]) -> dict[tuple, float]:
-    """(task, variant, d_model) -> the best accuracy over learning rates (mean over seeds)."""
+    """(task, row, d_model) -> the best accuracy over learning rates (mean over seeds)."""
     by_lr: dict[tuple, list[float]] = {}
     for r in records:
-        by_lr.setdefault((r["task"], r["variant"], r["d_model"], r["lr"]), []).append(r["accuracy"])
+        by_lr.setdefault((r["task"], row(r), r["d_model"], r["lr"]), []).append(r["accuracy"])
     best: dict[tuple, float] = {}
     for (task, name, width, _), values in by_lr.items():
         key = (task, name, width)
@@ -148,18 +178,17 @@ def best_by_cell(records: list[dict]) -> dict[tuple, float]:
 def results_markdown(records: list[dict], recipe: Recipe) -> str:
     best = best_by_cell(records)
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    names = list(dict.fromkeys(r["variant"] for r in records))
     widths = sorted({r["d_model"] for r in records})
     lines = ["# Recall (MQAR): best test accuracy over learning rates", "",
-             f"{recipe.layers} layers, {'no MLP' if recipe.no_mlp else 'MLP'}, Q-Compass rank "
-             f"{'d_model / 4' if recipe.rank_rule == 'quarter' else 'd_model'}, up to {recipe.epochs} epochs of "
-             f"batch {recipe.batch_size}, early stop at {EARLY_STOP}.", ""]
+             f"{recipe.layers} layers, {'no MLP' if recipe.no_mlp else 'MLP'}, routing rank d_model / 4 unless the "
+             f"row says r = d_model, up to {recipe.epochs} epochs of batch {recipe.batch_size}, early stop at "
+             f"{EARLY_STOP}; — where a cell was not trained.", ""]
     for task in tasks:
         lines += [f"## {task}", "", "| variant | " + " | ".join(f"d={w}" for w in widths) + " |",
                   "|---|" + "---:|" * len(widths)]
-        for name in names:
+        for name in dict.fromkeys(row(r) for r in records if r["task"] == task):
             cells = [best.get((task, name, w)) for w in widths]
-            lines.append(f"| {VARIANTS[name].label} | " +
+            lines.append(f"| {label(name)} | " +
                          " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -174,12 +203,11 @@ def plot_recall(records: list[dict], png: Path) -> None:
 
     best = best_by_cell(records)
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    names = list(dict.fromkeys(r["variant"] for r in records))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for name in names:
+        for name in dict.fromkeys(row(r) for r in records if r["task"] == task):
             widths = sorted(w for (t, n, w) in best if t == task and n == name)
-            ax.plot(widths, [best[(task, name, w)] for w in widths], "o-", label=VARIANTS[name].label)
+            ax.plot(widths, [best[(task, name, w)] for w in widths], "o-", label=label(name))
         ax.set(xscale="log", xlabel="d_model", ylabel="accuracy", ylim=(-0.02, 1.02),
                title=task.removeprefix("mqar:"))
         ax.set_xticks(sorted({w for (t, _, w) in best if t == task}))
@@ -205,11 +233,17 @@ def main(args) -> int:
     names = [n for n in args.variants.split(",") if n]
     for name in names:
         variant(name)
-    recipe = Recipe(layers=args.layers, no_mlp=args.no_mlp, heads=args.heads, rank_rule=args.rank_rule,
-                    epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every)
-    cells = [Cell(task, name, width, lr, seed) for task in args.task for name in names
+    rules = [r for r in args.rank_rule.split(",") if r]
+    if not rules or set(rules) - set(RANK_RULES):
+        raise ValueError(f"--rank-rule must be {' or '.join(RANK_RULES)} or both, comma-separated; got "
+                         f"{args.rank_rule!r}")
+    recipe = Recipe(layers=args.layers, no_mlp=args.no_mlp, heads=args.heads, epochs=args.epochs,
+                    batch_size=args.batch_size, eval_every=args.eval_every)
+    cells = [Cell(task, name, width, lr, seed, rule) for task in args.task for name in names
+             for rule in (rules if VARIANTS[name].mixer != "mha" else ["quarter"])  # full attention has no rank
              for width in numbers(args.d_model, int, "--d-model") for lr in numbers(args.lrs, float, "--lrs")
              for seed in numbers(args.seeds, int, "--seeds")]
+    cells = list(dict.fromkeys(cells))
     out = Path(args.out)
     records = run_study(cells, recipe, out, jobs=args.jobs)
     atomic_write_text(out / "results.md", results_markdown(records, recipe) + "\n")
