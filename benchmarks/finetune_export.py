@@ -95,6 +95,8 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     run, out = Path(args.run), Path(args.out)
     ckpt = run / "grpo" / "checkpoint"
+    if not ckpt.exists():
+        raise SystemExit(f"{ckpt} not found: RUN must be a finished `quatrix run berry --out RUN` folder")
     model, _ = load_model_and_tokenizer(ckpt)
     task = task_from_spec(args.task, 0, model.config)
     items, index = [], 0

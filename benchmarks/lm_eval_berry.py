@@ -164,8 +164,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     run, out = Path(args.run), Path(args.out)
-    recipe = json.loads((run / "recipe.json").read_text())
     ckpt = run / args.stage / "checkpoint"
+    for need in (run / "recipe.json", ckpt):
+        if not need.exists():
+            raise SystemExit(f"{need} not found: RUN must be a finished `quatrix run berry --out RUN` folder")
+    recipe = json.loads((run / "recipe.json").read_text())
     model, tokenizer = load_model_and_tokenizer(ckpt)
     model.eval()
     task = task_from_spec(recipe["eval"]["math_task"], 0, model.config)

@@ -196,3 +196,23 @@ def test_serve_load_benchmark_runs_and_reports_parity(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())["results"]["qcompass"]
     assert result["load"]["ok"] == 6 and result["load"]["largest_batch"] <= 4
     assert result["parity"]["prompts"] == 5 and result["parity"]["differ"] == 0
+
+
+@pytest.mark.slow
+def test_prepare_benchmark_counts_the_same_tokens_and_the_whole_process_tree(tmp_path):
+    subprocess.run([sys.executable, str(BENCH / "prepare.py"), "--mb", "1", "--out", str(tmp_path)],
+                   capture_output=True, text=True, check=True)
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["identical_shards_1_vs_2_workers"] and result["corpus_bytes"] >= 10**6
+    assert len({run["tokens"] for run in result["runs"]}) == 1 and result["runs"][0]["tokens"] > 100_000
+    # two workers and the main process are sampled together: more than the largest process alone
+    two_workers = result["runs"][2]
+    assert two_workers["peak_rss_mib"] > two_workers["largest_process_rss_mib"] > 10
+
+
+@pytest.mark.parametrize("script", ["lm_eval_berry.py", "finetune_export.py"])
+def test_run_benchmarks_name_a_folder_that_is_not_a_finished_run(script, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / script), str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "not found: RUN must be a finished `quatrix run berry" in done.stderr
+    assert "Traceback" not in done.stderr
