@@ -8,6 +8,7 @@ Sources (`quatrix sft --data SOURCE`):
                      (the first speaker is the user)
   task:NAME[:k=v,..] an endless stream of a task's training items (quatrix.tasks), each a
                      conversation ending in its worked solution or answer
+  text:CORPUS        plain-text windows (any pretraining --data; quatrix.train.sft serves them)
 
 A conversation is never split: one longer than --seq-len is skipped and counted (finite
 sources report the count when they load; task streams in the metrics, as `skipped`).
@@ -31,6 +32,7 @@ from quatrix.data.order import EpochOrder
 from quatrix.media import MODALITIES, batch_media
 
 VALIDATION_EVERY = 20
+TEXT = "text:"  # a plain-text source: `text:CORPUS`, served by quatrix.train.sft
 CHITCHAT_TURNS = 6
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from quatrix.data.sft import TEXT as SFT_TEXT_SOURCE
 from quatrix.engine import generate
 from quatrix.io import atomic_write_json, atomic_write_text
 from quatrix.train.metrics import smoothed
 
 TRAINED = ("pretrain", "sft", "grpo")
-SFT_TEXT = "text:"  # SFT's plain-text sources (quatrix.train.sft.TEXT)
 
 
 def checkpoint(out: Path, stage: str) -> Path:
@@ -164,8 +164,8 @@ def ends(metrics: list[dict], key: str) -> tuple[float, float]:
     mixed in, the conversation steps only."""
     if any("text_loss" in r for r in metrics):
         key = "text_loss"
-    elif any(str(r.get("source", "")).startswith(SFT_TEXT) for r in metrics):
-        metrics = [r for r in metrics if not str(r.get("source", "")).startswith(SFT_TEXT)]
+    elif any(str(r.get("source", "")).startswith(SFT_TEXT_SOURCE) for r in metrics):
+        metrics = [r for r in metrics if not str(r.get("source", "")).startswith(SFT_TEXT_SOURCE)]
     return smoothed(metrics, key)
 
 

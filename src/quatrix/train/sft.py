@@ -23,7 +23,7 @@ import torch
 
 from quatrix.chat import END
 from quatrix.data.mixture import Mixture
-from quatrix.data.sft import ConversationSource, SFTLoader, collate
+from quatrix.data.sft import TEXT, ConversationSource, SFTLoader, collate
 from quatrix.data.speech import parse_audio_spec
 from quatrix.data.text import TokenLoader, text_tokens
 from quatrix.engine import generate
@@ -33,9 +33,6 @@ from quatrix.train import options
 from quatrix.train.options import BatchConfig, default, option
 from quatrix.train.trainer import Trainer, load_init
 from quatrix.validation import int_at_least, nonnegative_int, positive_int
-
-
-TEXT = "text:"  # a plain-text source: `text:CORPUS`
 
 
 @dataclass
