@@ -68,7 +68,7 @@ class Recipe:
     layers: int = 2
     no_mlp: bool = True
     heads: int = 4
-    epochs: int = 8
+    epochs: int = 48  # the cosine's horizon too: a short one ends learning before the plateau is left
     batch_size: int = 64
     eval_every: int = 100  # steps between test evaluations (the early stop looks at them)
 
