@@ -72,3 +72,16 @@ def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
     assert (tmp_path / "results.json").read_text() == before
     assert main([*argv[:-2], "--rank-rule", "half", "--out", str(tmp_path)]) != 0
     assert "--rank-rule must be" in capsys.readouterr().err
+
+
+def test_a_row_keeps_its_color_in_every_panel():
+    from quatrix.train.recall import row_colors
+
+    def record(task, name):
+        return {"task": task, "variant": name, "d_model": 64, "lr": 1e-3, "seed": 0, "accuracy": 0.5}
+
+    other = TASK.replace("seq_len=16", "seq_len=20")
+    records = [record(TASK, "mha"), record(TASK, "qcompass"), record(other, "qcompass"),
+               {**record(other, "qcompass"), "rank_rule": "full"}]
+    colors = row_colors(records)
+    assert colors == {"mha": "C0", "qcompass": "C1", "qcompass|r=full": "C2"}

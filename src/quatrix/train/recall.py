@@ -194,6 +194,11 @@ def results_markdown(records: list[dict], recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
+def row_colors(records: list[dict]) -> dict[str, str]:
+    """One matplotlib color per table row, the same in every panel."""
+    return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(row(r) for r in records))}
+
+
 def plot_recall(records: list[dict], png: Path) -> None:
     """Accuracy against d_model, one line per variant, one panel per task: Zoology's Figure 2."""
     import matplotlib
@@ -201,19 +206,21 @@ def plot_recall(records: list[dict], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    best = best_by_cell(records)
+    best, colors = best_by_cell(records), row_colors(records)
     tasks = list(dict.fromkeys(r["task"] for r in records))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for name in dict.fromkeys(row(r) for r in records if r["task"] == task):
             widths = sorted(w for (t, n, w) in best if t == task and n == name)
-            ax.plot(widths, [best[(task, name, w)] for w in widths], "o-", label=label(name))
+            ax.plot(widths, [best[(task, name, w)] for w in widths], "o-", color=colors[name], label=label(name))
+        spec = MQARSpec.parse(task)
         ax.set(xscale="log", xlabel="d_model", ylabel="accuracy", ylim=(-0.02, 1.02),
-               title=task.removeprefix("mqar:"))
+               title=f"L={spec.seq_len}, K={spec.kv_pairs}, V={spec.vocab}")
         ax.set_xticks(sorted({w for (t, _, w) in best if t == task}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
