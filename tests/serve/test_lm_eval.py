@@ -13,7 +13,6 @@ import pytest
 pytest.importorskip("lm_eval", reason="the [eval] extra (lm-eval) is not installed")
 pytest.importorskip("fastapi", reason="the [serve] extra (fastapi, uvicorn) is not installed")
 
-
 from quatrix.hf.export import export_hf  # noqa: E402
 from quatrix.pretrained import load_model_and_tokenizer  # noqa: E402
 from quatrix.serve.app import create_app, scheduler_for  # noqa: E402

@@ -127,6 +127,11 @@ def test_two_variants_two_seeds_produce_every_output(tmp_path, capsys):
     assert "| qcompass | " in (out / "results.md").read_text().split("during training")[1]
     equal = (out / "results.md").read_text().split("equal wall-clock")[1]
     assert "| qcompass | " in equal and "equal FLOPs" in equal and results["equal_seconds"]["budget"] > 0
+    ends = {n: results["variants"][n]["training_seconds"] for n in ("qcompass", "mha")}
+    assert results["equal_seconds"]["budget"] == pytest.approx(min(t for e in ends.values() for t in e.values()))
+    assert ", ".join(f"{t:.1f}" for t in ends["qcompass"].values()) in equal.split("equal FLOPs")[0]
+    flops = results["variants"]["qcompass"]["training_flops_per_token"]
+    assert flops > 0 and f"{flops / 1e6:.3f} M" in equal.split("equal FLOPs")[1]
     assert all(set(results["variants"][n]["val_drop_last_20pct"]) == {"0", "1"} for n in ("qcompass", "mha"))
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # the same seed gives the same data order for every variant: the data order is a function of

@@ -72,6 +72,9 @@ def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
     assert (tmp_path / "results.json").read_text() == before
     assert main([*argv[:-2], "--rank-rule", "half", "--out", str(tmp_path)]) != 0
     assert "--rank-rule must be" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"cells": [')
+    assert main(argv) != 0
+    assert "results.json is damaged" in capsys.readouterr().err
 
 
 def test_a_row_keeps_its_color_in_every_panel():

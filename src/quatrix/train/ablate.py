@@ -287,6 +287,9 @@ def main(args: argparse.Namespace) -> int:
                       for records in curves[name]] for name in configs}
     for axis in ("seconds", "flops"):
         results[f"equal_{axis}"] = equal_budget(budgets, args.reference, seeds, axis)
+    for name, v in results["variants"].items():  # where each run's curve ends: the budgets' raw material
+        v["training_seconds"] = {str(s): c["seconds"][-1] for s, c in zip(seeds, budgets[name]) if c["seconds"]}
+        v["training_flops_per_token"] = training_flops_per_token(configs[name][0], args.seq_len)
     ref = results["variants"][args.reference]
     for name, v in results["variants"].items():
         v["paired_vs_reference"] = paired([v["val_loss"][str(s)] for s in seeds], [ref["val_loss"][str(s)] for s in seeds])

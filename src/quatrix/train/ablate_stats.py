@@ -149,6 +149,7 @@ def results_markdown(results: dict, args) -> str:
         if name != results["reference"]:
             cells = [spread(*gap_at(v["val_gap_curve"], f), sign="+") for f in fractions]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    own = {"seconds": "its runs' training seconds, per seed", "flops": "training FLOPs per token"}
     for axis, title, unit in (("seconds", "equal wall-clock", "s of training"), ("flops", "equal FLOPs",
                                                                                   "training FLOPs")):
         equal = results.get(f"equal_{axis}")
@@ -158,12 +159,16 @@ def results_markdown(results: dict, args) -> str:
                        "the budget the quickest-finishing run reached (paired against the reference, seed by seed). "
                        "Timing is noisy on a shared machine: the runs of one study go one at a time, and the times "
                        "count training steps only."),
-                  "", "| variant | val loss | paired difference | paired t-test p |", "|---|---:|---:|---:|"]
+                  "", f"| variant | val loss | paired difference | paired t-test p | {own[axis]} |",
+                  "|---|---:|---:|---:|---|"]
         for name, values in equal["val_loss"].items():
             p = equal["paired"].get(name)
             diff = "reference" if p is None else spread(p["mean"], p["std"], sign="+")
             p_value = "" if p is None or np.isnan(p["p_value"]) else f"{p['p_value']:.3g}"
-            lines.append(f"| {name} | {spread(*mean_std(list(values.values())))} | {diff} | {p_value} |")
+            v = results["variants"][name]
+            end = (", ".join(f"{t:.1f}" for t in v.get("training_seconds", {}).values()) if axis == "seconds"
+                   else f"{v.get('training_flops_per_token', float('nan')) / 1e6:.3f} M")
+            lines.append(f"| {name} | {spread(*mean_std(list(values.values())))} | {diff} | {p_value} | {end} |")
     ood = next(iter(results["variants"].values()))["ood_loss"]
     if ood:
         lines += ["", "Out-of-distribution validation loss (mean ± std over seeds):", "",

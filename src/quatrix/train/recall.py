@@ -124,7 +124,12 @@ def run_study(cells: list[Cell], recipe: Recipe, out: Path, jobs: int = 1, log=p
     path = out / RESULTS
     done = {}
     if path.is_file():
-        held = json.loads(path.read_text())
+        try:
+            held = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            held = None
+        if not isinstance(held, dict) or not {"recipe", "cells"} <= held.keys():
+            raise ValueError(f"{path} is damaged (not a study's results); move it away or choose another --out")
         differ = [f"{k} {held['recipe'].get(k)!r} there, {v!r} here" for k, v in asdict(recipe).items()
                   if held["recipe"].get(k) != v]
         if differ:
