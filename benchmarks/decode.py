@@ -8,17 +8,28 @@ bound measured in the same run:
 
 where the bytes read per step are every weight a decode step touches (the blocks, the final
 norm, the output head; not the plugins, and one embedding row is negligible) plus the cache
-read at the mean decode length, and the read bandwidth is the best of several sums of a
-1 GiB fp32 tensor (what `torch` itself streams memory at, on all threads). Decode time
-excludes the prefill (time to first token); every row counts.
+read at the mean decode length, and the read bandwidth is the best of six sums of a 1 GiB
+fp32 tensor (what `torch` itself streams memory at, on all threads), three just before a
+row's timed generations and three just after: on a shared machine it moves by half over
+minutes, so each row is held to the bandwidth of its own moment. Decode time
+excludes the prefill (time to first token); every row counts. Like the bandwidth, a row's
+tok/s is the best of `--repeats` generations (after one that warms up and compiles): on a
+shared 2-core machine single generations of the same step vary widely (each one's rate is
+in `--out`'s rows).
 
     python benchmarks/decode.py                               # berry-q0, batch 1 and 8, fp32 and bf16
     python benchmarks/decode.py --variants qcompass --dtypes fp32 --batches 1 --steps eager
 
-`--steps` compares the engine's decode step as plain eager PyTorch (`eager`) with what
-`quatrix.engine` picks by default (`auto`: the compiled static-shape step where
-`torch.compile` works). Every run checks the cached greedy tokens against one forward pass
-over the whole sequence (fp32 weights: equal tokens).
+`--steps` picks the decode steps timed: `eager` (the engine's default, plain PyTorch),
+`compiled` (`stream(..., compile=True)`: the compiled static-shape step with the Inductor
+settings `quatrix.static_decode.inductor_options` picks), and two fixed settings of that
+step: `frozen` (freezing alone: weights prepacked for MKL / oneDNN, the compiled step before
+the C++ GEMM template) and `cpp` (freezing and the template, at every batch and dtype). Every
+run checks the first step's cached greedy tokens against one forward pass over the whole
+sequence (fp32 weights: equal tokens), and the others' against the first's.
+
+    python benchmarks/decode.py --steps eager,frozen,compiled
+    python benchmarks/decode.py --dtypes bf16 --batches 8 --steps frozen,cpp
 
 `--agreement CKPT`: greedy continuations of eight fixed prompts with fp32 and with bf16
 weights, and how far they agree.
@@ -44,6 +55,7 @@ from pathlib import Path
 
 import torch
 
+from quatrix import static_decode
 from quatrix.config import preset
 from quatrix.engine import cache_floats_per_token, generate, stream
 from quatrix.model import QuatrixLM
@@ -142,13 +154,25 @@ def bytes_per_step(model: QuatrixLM, batch: int, mean_len: float) -> float:
     return weights + cache
 
 
-def timed_decode(model: QuatrixLM, prompts: torch.Tensor, steps: int, compile: bool) -> tuple[list, float]:
+STEPS = {  # --steps: the Inductor settings a compiled step is held to (None: as the engine picks)
+    "eager": None, "compiled": None,
+    "frozen": [static_decode.FROZEN], "cpp": [static_decode.FROZEN | static_decode.CPP_GEMM],
+}
+
+
+def timed_decode(model: QuatrixLM, prompts: torch.Tensor, steps: int, step: str) -> tuple[list, float]:
     """(greedy tokens, decode seconds after the first token) through `quatrix.engine.stream`."""
     new, start = [], None
-    for tokens, _ in stream(model, prompts, steps, temperature=0, compile=compile):
-        if start is None:
-            start = time.perf_counter()
-        new.append(tokens)
+    pick = static_decode.inductor_options
+    if STEPS[step] is not None:
+        static_decode.inductor_options = lambda device, dtype, batch: STEPS[step]
+    try:
+        for tokens, _ in stream(model, prompts, steps, temperature=0, compile=step != "eager"):
+            if start is None:
+                start = time.perf_counter()
+            new.append(tokens)
+    finally:
+        static_decode.inductor_options = pick
     return torch.stack(new, 1).tolist(), time.perf_counter() - start
 
 
@@ -166,16 +190,19 @@ def bound_table(argv: list[str]) -> None:
     p.add_argument("--variants", default=",".join(BENCHED))
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--steps", default="eager,compiled", help="decode steps to time: eager, compiled")
+    p.add_argument("--steps", default="eager,frozen,compiled", help=f"decode steps to time: {', '.join(STEPS)}")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="timed generations per row; the fastest counts")
     p.add_argument("--out", help="also write the rows as JSON here")
     args = p.parse_args(argv)
-    bandwidth = read_bandwidth()
+    unknown = set(args.steps.split(",")) - set(STEPS)
+    if unknown:
+        p.error(f"unknown --steps {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} (vision off) "
-          f"prompt={args.prompt_len} new={args.new_tokens} greedy; read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
-    print("| mixer | weights | batch | step | tok/s | bound tok/s | of bound | first run s | same tokens |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---|")
+          f"prompt={args.prompt_len} new={args.new_tokens} greedy; best of {args.repeats} generations per row\n")
+    print("| mixer | weights | batch | step | tok/s | read GB/s | bound tok/s | of bound | first run s | same tokens |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     rows = []
     for name in args.variants.split(","):
         torch.manual_seed(0)
@@ -185,26 +212,36 @@ def bound_table(argv: list[str]) -> None:
             for batch in map(int, args.batches.split(",")):
                 torch.manual_seed(1)
                 prompts = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len))
-                bound = batch * bandwidth / bytes_per_step(model, batch, args.prompt_len + args.new_tokens / 2)
+                nbytes = bytes_per_step(model, batch, args.prompt_len + args.new_tokens / 2)
                 reference = None
                 for step in args.steps.split(","):
                     torch._dynamo.reset()  # each model and shape is a new graph; dynamo keeps 8 per function
                     start = time.perf_counter()
-                    timed_decode(model, prompts, args.new_tokens, step == "compiled")  # warm-up (and compile)
+                    timed_decode(model, prompts, args.new_tokens, step)  # warm-up (and compile)
                     first = time.perf_counter() - start
-                    tokens, seconds = timed_decode(model, prompts, args.new_tokens, step == "compiled")
+                    bandwidth = read_bandwidth(3)  # next to the row: this machine's bandwidth moves over minutes
+                    runs = [timed_decode(model, prompts, args.new_tokens, step) for _ in range(args.repeats)]
+                    bandwidth = max(bandwidth, read_bandwidth(3))
+                    bound = batch * bandwidth / nbytes
+                    tokens = runs[0][0]
+                    consistent = all(t == tokens for t, _ in runs)
                     if reference is None:  # the first step kind is checked against recomputation
                         same = recomputed_greedy(model, prompts, tokens) if dtype_name == "fp32" else None
                         reference = tokens
                     else:
                         same = tokens == reference
-                    rate = batch * (args.new_tokens - 1) / seconds
-                    row = dict(mixer=name, weights=dtype_name, batch=batch, step=step, tokens_per_s=rate,
-                               bound=bound, fraction=rate / bound, first_run_s=first, same_tokens=same,
-                               bandwidth=bandwidth)
+                    same = same if consistent else False  # a step that decodes differently on a rerun fails
+                    each = [batch * (args.new_tokens - 1) / s for _, s in runs]
+                    rate = max(each)
+                    inductor = None if step == "eager" else STEPS[step] or \
+                        static_decode.inductor_options(prompts.device, model.head.weight.dtype, batch)
+                    row = dict(mixer=name, weights=dtype_name, batch=batch, step=step, inductor=inductor,
+                               tokens_per_s=rate, each_tokens_per_s=each,
+                               bound=bound, fraction=rate / bound, first_run_s=first,
+                               same_tokens=same, bandwidth=bandwidth)
                     rows.append(row)
-                    print(f"| {name} | {dtype_name} | {batch} | {step} | {rate:.1f} | {bound:.1f} | "
-                          f"{rate / bound:.0%} | {first:.1f} | {'-' if same is None else same} |", flush=True)
+                    print(f"| {name} | {dtype_name} | {batch} | {step} | {rate:.1f} | {bandwidth / 1e9:.1f} | "
+                          f"{bound:.1f} | {rate / bound:.0%} | {first:.1f} | {'-' if same is None else same} |", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -52,12 +52,28 @@ def test_decode_benchmark_reports_the_bandwidth_bound(tmp_path):
          "--variants", "qcompass,mha", "--batches", "1", "--steps", "eager", "--out", str(tmp_path / "rows.json")],
         capture_output=True, text=True, check=True,
     ).stdout
-    assert "read bandwidth" in out
+    assert "| read GB/s |" in out
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [(r["mixer"], r["weights"]) for r in rows] == [("qcompass", "fp32"), ("qcompass", "bf16"), ("mha", "fp32"),
                                                           ("mha", "bf16")]
     assert all(r["bound"] > 0 and r["fraction"] == r["tokens_per_s"] / r["bound"] for r in rows)
+    assert all(r["tokens_per_s"] == max(r["each_tokens_per_s"]) and len(r["each_tokens_per_s"]) == 3 for r in rows)
     assert [r["same_tokens"] for r in rows] == [True, None, True, None]  # fp32: cached == recomputed greedy tokens
+
+
+@pytest.mark.slow
+def test_decode_benchmark_holds_the_compiled_step_to_each_inductor_setting(tmp_path):
+    run = [sys.executable, str(BENCH / "decode.py"), "--preset", "tiny", "--prompt-len", "8", "--new-tokens", "4",
+           "--variants", "qcompass", "--dtypes", "fp32", "--batches", "1"]
+    subprocess.run(run + ["--steps", "frozen,cpp,compiled", "--out", str(tmp_path / "rows.json")],
+                   capture_output=True, text=True, check=True)
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["step"] for r in rows] == ["frozen", "cpp", "compiled"]
+    assert [r["same_tokens"] for r in rows] == [True, True, True]  # recomputation, then the frozen step's tokens
+    frozen, cpp = {"freezing": True}, {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP"}
+    assert [r["inductor"] for r in rows] == [[frozen], [cpp], [cpp, frozen]]  # compiled: the template, then without
+    bad = subprocess.run(run + ["--steps", "eager,turbo"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown --steps turbo" in bad.stderr
 
 
 @pytest.mark.slow

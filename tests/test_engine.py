@@ -269,6 +269,13 @@ def test_a_compiled_decode_gives_the_eager_tokens():
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
         assert generate(model, PROMPTS, 4, temperature=0, compile=True).tokens == \
             generate(model, PROMPTS, 4, temperature=0).tokens
+        # every model's _Step shares one compiled code object: another model of the same shapes
+        # gets its own graph, not the first one's frozen weights
+        other = QuatrixLM(tiny_config(num_layers=1)).eval()
+        assert generate(other, PROMPTS, 12, temperature=0, compile=True).tokens == \
+            generate(other, PROMPTS, 12, temperature=0).tokens != generate(model, PROMPTS, 12, temperature=0).tokens
+        assert generate(model, PROMPTS, 12, temperature=0, compile=True).tokens == \
+            generate(model, PROMPTS, 12, temperature=0).tokens
     assert static_decode.COMPILED_ATTR not in model.state_dict() and \
         static_decode.COMPILED_ATTR not in dict(model.named_modules())
 
@@ -285,6 +292,29 @@ def test_a_compiler_that_fails_falls_back_to_the_same_step(monkeypatch):
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C compiler"):
         tokens = generate(model, PROMPTS, 8, temperature=0, compile=True).tokens
     assert tokens == generate(model, PROMPTS, 8, temperature=0).tokens
+
+
+def test_a_failing_cpp_gemm_template_compiles_without_it(monkeypatch):
+    """The C++ GEMM template is tried first on a CPU; where it fails, plain freezing, not eager."""
+    calls = []
+
+    def picky(module, **kwargs):
+        def run(tokens, cache):
+            calls.append(dict(torch._inductor.config.get_config_copy()))
+            if torch._inductor.config.max_autotune:
+                raise RuntimeError("template failed")
+            return module(tokens, cache)
+        return run
+
+    monkeypatch.setattr(torch, "compile", picky)
+    assert static_decode.inductor_options(torch.device("cpu"), torch.float32, 1)[0]["max_autotune"]
+    torch.manual_seed(0)
+    model = QuatrixLM(tiny_config()).eval()
+    with pytest.warns(RuntimeWarning, match="max_autotune_gemm_backends.*template failed.*compiling with") as caught:
+        tokens = generate(model, PROMPTS, 8, temperature=0, compile=True).tokens
+    assert tokens == generate(model, PROMPTS, 8, temperature=0).tokens
+    assert len(caught) == 1 and vars(model)[static_decode.COMPILED_ATTR][1] is not None  # compiled, not eager
+    assert all(c["freezing"] for c in calls) and not any(c["max_autotune"] for c in calls[1:])
 
 
 def test_bf16_weights_take_images_and_waveforms():

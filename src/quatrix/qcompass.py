@@ -104,8 +104,12 @@ def _pick_impl(state: Tensor, content: Tensor) -> str:
     wider than the routing width (r/h); SDPA then silently falls back to its math path and
     materialises [B, h, L, L]. There the query-chunked path wins: it skips the key blocks
     above the causal diagonal and keeps only [B, h, chunk, L] alive. On GPU the fused kernels
-    take unequal widths, so SDPA is used everywhere.
+    take unequal widths, so SDPA is used everywhere. A single query being compiled on a CPU
+    (the compiled decode step) takes the matmul path: Inductor then fuses its scale, mask and
+    softmax into its own kernels, where SDPA stays one opaque call per layer.
     """
+    if state.device.type == "cpu" and state.shape[-2] == 1 and torch.compiler.is_compiling():
+        return "matmul"
     if state.device.type != "cpu" or content.shape[-1] == state.shape[-1]:
         return "sdpa"
     if state.shape[-2] <= _chunk_size(content):

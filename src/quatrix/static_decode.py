@@ -65,9 +65,9 @@ def _decode_logits(model, tokens: Tensor, cache) -> Tensor:
 class _Step(torch.nn.Module):
     """The decode step as a module that owns the model, so that torch.compile sees the
     weights as the module's own parameters: with Inductor's `freezing` they become constants
-    of the graph, prepacked for the CPU's matmul kernels (oneDNN / MKL). A batch-1 step is a
-    chain of matrix-vector products, and on a CPU the plain [out, in] weights are read far
-    below the memory bandwidth (docs/results.md, "Decoding against the memory-bandwidth
+    of the graph, prepacked for the CPU's matmul kernels (`inductor_options`). A batch-1 step
+    is a chain of matrix-vector products, and on a CPU the plain [out, in] weights are read
+    far below the memory bandwidth (docs/results.md, "Decoding against the memory-bandwidth
     bound")."""
 
     def __init__(self, model):
@@ -75,16 +75,31 @@ class _Step(torch.nn.Module):
         self.model = model
 
     def forward(self, tokens: Tensor, cache) -> Tensor:
-        return _decode_logits(self.model, tokens, cache)
+        return _decode_logits(self.model, tokens, cache).float()  # exact (decode_step's docstring)
 
 
 COMPILED_ATTR = "_quatrix_compiled_decode"  # on the model: (weights' identity, compiled step or None)
 
 
-def _freezing():
-    """Inductor's freezing, around every call that may compile a graph (the first, a new
-    shape): in torch 2.13 `torch.compile(options={"freezing": True})` does not reach it."""
-    return torch._inductor.config.patch(freezing=True)
+FROZEN = {"freezing": True}
+CPP_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP"}
+
+
+def inductor_options(device: torch.device, dtype: torch.dtype, batch: int) -> list[dict]:
+    """The Inductor settings a compiled decode step tries, best first; the next is used where
+    one fails to compile. They are patched around every call that may compile a graph (the
+    first, a new shape): in torch 2.13 `torch.compile(options=...)` does not reach freezing.
+
+    Always `freezing`: the weights become constants of the graph, prepacked once. On a CPU,
+    also Inductor's C++ GEMM template (`CPP_GEMM`, its only GEMM backend, so nothing is
+    chosen by timing and the kernels do not change between runs): its micro-kernels read a
+    batch-1 step's weights at 26-30 GB/s where MKL's packed sgemm reads 20 and the unpacked
+    `F.linear` 10 (2-core AMD EPYC, docs/results.md). Measured there, the template is 1.7x
+    (bf16) and 2.2x (fp32) oneDNN/MKL's speed at batch 1 and 2.2x in fp32 at batch 8, but
+    0.6x in bf16 at batch 8, which keeps oneDNN."""
+    if device.type == "cpu" and (dtype == torch.float32 or batch == 1):
+        return [FROZEN | CPP_GEMM, FROZEN]
+    return [FROZEN]
 
 
 def _weights_key(model) -> tuple:
@@ -92,6 +107,21 @@ def _weights_key(model) -> tuple:
     through the parameters (an optimizer step, `load_state_dict`, a dtype cast) compiles
     afresh; one through `.data`, which autograd does not count either, is not seen."""
     return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+
+
+ANCHOR_GUARD = "self._modules['model']._modules['token_emb']._parameters['weight']"  # tells models apart
+
+
+def _weight_guards_off(guards) -> list[bool]:
+    """Which of dynamo's guards to keep: all but the identity of every parameter and the
+    emptiness of every module's hook dicts, which cost about a quarter of a millisecond per
+    token at berry-q0 (torch.profiler's "TorchDynamo Cache Lookup": 0.26 ms of a 4-5 ms bf16
+    step). `_compiled_step` already keys the step on every parameter's storage, version and
+    dtype, so those guards repeat it; one parameter's identity is kept, because the compiled
+    code is shared by every model's `_Step` and that guard is what sends each model to its
+    own graph (tested)."""
+    return [not ((g.guard_type == "ID_MATCH" and "._parameters[" in g.name and g.name != ANCHOR_GUARD)
+                 or g.guard_type == "EMPTY_NN_MODULE_HOOKS_DICT") for g in guards]
 
 
 def _compiled_step(model):
@@ -105,7 +135,8 @@ def _compiled_step(model):
     if entry is None or entry[0] != key:
         if entry is not None:  # dynamo guards on the parameters' identity, not their values: its
             torch._dynamo.reset()  # graph with the old weights frozen in would still match
-        entry = vars(model)[COMPILED_ATTR] = (key, torch.compile(_Step(model), dynamic=False))
+        step = torch.compile(_Step(model), dynamic=False, options={"guard_filter_fn": _weight_guards_off})
+        entry = vars(model)[COMPILED_ATTR] = (key, step)
     return entry[1]
 
 
@@ -115,30 +146,38 @@ def decode_step(model, cache, compile: bool = False):
     Eager by default: the model's forward over the growing Cache. compile=True runs
     `torch.compile` over a StaticCache (one shape for the whole generation, so one graph,
     reused by later calls of the same shapes), with the weights frozen into the graph and
-    prepacked (`_Step`): it fuses the small per-token ops and runs the matrix-vector
-    products on packed weights (1.3-1.6x the unfrozen compiled step at batch 1 on a 2-core
-    AMD EPYC; docs/results.md). The first call compiles (tens of seconds on a small CPU;
+    prepacked (`_Step`, `inductor_options`): it fuses the small per-token ops and runs the
+    matrix-vector products as prepacked GEMMs (on a 2-core AMD EPYC, 2.5-3x the eager step at
+    batch 1; docs/results.md). The first call compiles (tens of seconds on a small CPU;
     benchmarks/decode.py), and so does the first call after the weights change; where the
-    compiler fails (no C compiler, an unsupported platform) it warns once and runs the same
-    static step eagerly. Each batch size, cache bucket and dtype is its own graph; past
-    torch._dynamo's recompile_limit (8 graphs by default) dynamo warns and runs the step
-    eagerly."""
+    compiler fails (no C compiler, an unsupported platform) it warns, tries the next of
+    `inductor_options`, and after the last runs the same static step eagerly. Each batch
+    size, cache bucket and dtype is its own graph; past torch._dynamo's recompile_limit (8
+    graphs by default) dynamo warns and runs the step eagerly. The step returns fp32 logits
+    (an exact cast of bf16 ones, fused into the head's GEMM: argmax over bf16 is slower)."""
     if not compile:
         return lambda tokens: _decode_logits(model, tokens, cache)
     static = StaticCache(cache)
     fn = _compiled_step(model)
+    options = inductor_options(static.slot.device, next(model.parameters()).dtype, static.key_mask.shape[0])
 
     def step(tokens: Tensor) -> Tensor:
-        nonlocal fn
-        if fn is not None:
+        nonlocal fn, options
+        while fn is not None:
             try:
-                with _freezing():
+                with torch._inductor.config.patch(**options[0]):
                     logits = fn(tokens, static)
                 static.advance()
                 return logits
-            except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the same step, eager
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              f"decoding without it", RuntimeWarning, stacklevel=2)
+            except Exception as e:  # noqa: BLE001 - a compiler failure tries the next settings, then eager
+                failure = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+                if len(options) > 1:
+                    warnings.warn(f"torch.compile with {options[0]} failed ({failure}); compiling with "
+                                  f"{options[1]}", RuntimeWarning, stacklevel=2)
+                    options = options[1:]
+                    continue
+                warnings.warn(f"torch.compile failed ({failure}); decoding without it", RuntimeWarning,
+                              stacklevel=2)
                 fn = None
                 vars(model)[COMPILED_ATTR] = (_weights_key(model), None)
         logits = _decode_logits(model, tokens, static)
