@@ -8,14 +8,13 @@ bound measured in the same run:
 
 where the bytes read per step are every weight a decode step touches (the blocks, the final
 norm, the output head; not the plugins, and one embedding row is negligible) plus the cache
-read at the mean decode length, and the read bandwidth is the best of six sums of a 1 GiB
-fp32 tensor (what `torch` itself streams memory at, on all threads), three just before a
-row's timed generations and three just after: on a shared machine it moves by half over
-minutes, so each row is held to the bandwidth of its own moment. Decode time
-excludes the prefill (time to first token); every row counts. Like the bandwidth, a row's
-tok/s is the best of `--repeats` generations (after one that warms up and compiles): on a
-shared 2-core machine single generations of the same step vary widely (each one's rate is
-in `--out`'s rows).
+read at the mean decode length, and the read bandwidth is the best of three sums of a 1 GiB
+fp32 tensor (what `torch` itself streams memory at, on all threads). Decode time excludes
+the prefill (time to first token); every row counts. On a shared machine the bandwidth
+moves by half within minutes (every reading is in `--out`'s rows), so a row pairs each
+timed generation with a bandwidth reading taken just before it, and reports the median of
+`--repeats` such pairs by fraction of the bound (after one generation that warms up and
+compiles).
 
     python benchmarks/decode.py                               # berry-q0, batch 1 and 8, fp32 and bf16
     python benchmarks/decode.py --variants qcompass --dtypes fp32 --batches 1 --steps eager
@@ -35,6 +34,10 @@ sequence (fp32 weights: equal tokens), and the others' against the first's.
 weights, and how far they agree.
 
     python benchmarks/decode.py --agreement runs/full-size/run/checkpoint
+
+`--profile`: one compiled batch-1 decode step under torch.profiler, kernel by kernel.
+
+    python benchmarks/decode.py --profile --variant qcompass --dtype bf16
 
 `--cache-table`: the older comparison (small preset, 512-token prompt, 256 new tokens): the
 engine's cache against recomputing the whole sequence per token, and cache bytes of
@@ -193,14 +196,15 @@ def bound_table(argv: list[str]) -> None:
     p.add_argument("--steps", default="eager,frozen,compiled", help=f"decode steps to time: {', '.join(STEPS)}")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3, help="timed generations per row; the fastest counts")
+    p.add_argument("--repeats", type=int, default=5, help="timed generations per row, each after a bandwidth reading")
     p.add_argument("--out", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     unknown = set(args.steps.split(",")) - set(STEPS)
     if unknown:
         p.error(f"unknown --steps {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} (vision off) "
-          f"prompt={args.prompt_len} new={args.new_tokens} greedy; best of {args.repeats} generations per row\n")
+          f"prompt={args.prompt_len} new={args.new_tokens} greedy; per row the median of {args.repeats} "
+          f"(bandwidth, generation) pairs\n")
     print("| mixer | weights | batch | step | tok/s | read GB/s | bound tok/s | of bound | first run s | same tokens |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     rows = []
@@ -219,29 +223,30 @@ def bound_table(argv: list[str]) -> None:
                     start = time.perf_counter()
                     timed_decode(model, prompts, args.new_tokens, step)  # warm-up (and compile)
                     first = time.perf_counter() - start
-                    bandwidth = read_bandwidth(3)  # next to the row: this machine's bandwidth moves over minutes
-                    runs = [timed_decode(model, prompts, args.new_tokens, step) for _ in range(args.repeats)]
-                    bandwidth = max(bandwidth, read_bandwidth(3))
+                    runs = []  # (tokens, tok/s, bandwidth): each generation with the bandwidth of its moment
+                    for _ in range(args.repeats):
+                        bandwidth = read_bandwidth(3)
+                        tokens, seconds = timed_decode(model, prompts, args.new_tokens, step)
+                        runs.append((tokens, batch * (args.new_tokens - 1) / seconds, bandwidth))
+                    consistent = all(t == runs[0][0] for t, _, _ in runs)
+                    tokens, rate, bandwidth = sorted(runs, key=lambda r: r[1] / r[2])[len(runs) // 2]  # the median pair
                     bound = batch * bandwidth / nbytes
-                    tokens = runs[0][0]
-                    consistent = all(t == tokens for t, _ in runs)
                     if reference is None:  # the first step kind is checked against recomputation
                         same = recomputed_greedy(model, prompts, tokens) if dtype_name == "fp32" else None
                         reference = tokens
                     else:
                         same = tokens == reference
                     same = same if consistent else False  # a step that decodes differently on a rerun fails
-                    each = [batch * (args.new_tokens - 1) / s for _, s in runs]
-                    rate = max(each)
                     inductor = None if step == "eager" else STEPS[step] or \
                         static_decode.inductor_options(prompts.device, model.head.weight.dtype, batch)
                     row = dict(mixer=name, weights=dtype_name, batch=batch, step=step, inductor=inductor,
-                               tokens_per_s=rate, each_tokens_per_s=each,
+                               tokens_per_s=rate, each=[dict(tokens_per_s=r, bandwidth=b) for _, r, b in runs],
                                bound=bound, fraction=rate / bound, first_run_s=first,
                                same_tokens=same, bandwidth=bandwidth)
                     rows.append(row)
                     print(f"| {name} | {dtype_name} | {batch} | {step} | {rate:.1f} | {bandwidth / 1e9:.1f} | "
-                          f"{bound:.1f} | {rate / bound:.0%} | {first:.1f} | {'-' if same is None else same} |", flush=True)
+                          f"{bound:.1f} | {rate / bound:.0%} | {first:.1f} | {'-' if same is None else same} |",
+                          flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
 
@@ -279,9 +284,42 @@ def agreement(argv: list[str]) -> None:
           f"{same} of {total} positions ({same / total:.0%})")
 
 
+@torch.no_grad()
+def profile(argv: list[str]) -> None:
+    """--profile: where one compiled batch-1 decode step's time goes, kernel by kernel
+    (torch.profiler, with Inductor's kernels named), per generated token."""
+    from torch.profiler import profile as torch_profile
+
+    p = argparse.ArgumentParser(description="--profile: the compiled decode step, kernel by kernel")
+    p.add_argument("--preset", default="berry-q0")
+    p.add_argument("--variant", default="qcompass", choices=BENCHED)
+    p.add_argument("--dtype", default="bf16", choices=DTYPES)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--rows", type=int, default=12, help="kernels and ops listed")
+    args = p.parse_args(argv)
+    torch._inductor.config.cpp.enable_kernel_profile = True  # Inductor's C++ kernels by name
+    torch.manual_seed(0)
+    model = QuatrixLM(preset(args.preset, use_vision=False, **variant_overrides(args.variant, HEADS)))
+    model = model.eval().to(DTYPES[args.dtype])
+    prompts = torch.randint(0, model.config.vocab_size, (1, 64))
+    timed_decode(model, prompts, args.new_tokens, "compiled")  # compiles
+    with torch_profile() as prof:
+        timed_decode(model, prompts, args.new_tokens, "compiled")
+    steps = args.new_tokens - 1
+    print(f"{args.preset} {args.variant} {args.dtype}, batch 1: per token, over {steps} compiled steps "
+          f"(and one 64-token prefill)\n")
+    print("| kernel or op | calls per token | ms per token |")
+    print("|---|---:|---:|")
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    for e in events[: args.rows]:
+        print(f"| {e.key[:90]} | {e.count / steps:.1f} | {e.self_cpu_time_total / 1e3 / steps:.3f} |")
+
+
 def main() -> None:
     argv = sys.argv[1:]
-    if "--agreement" in argv:
+    if "--profile" in argv:
+        profile([a for a in argv if a != "--profile"])
+    elif "--agreement" in argv:
         agreement([a for a in argv if a != "--agreement"])
     elif "--cache-table" in argv:
         cache_table([a for a in argv if a != "--cache-table"])

@@ -91,12 +91,13 @@ def inductor_options(device: torch.device, dtype: torch.dtype, batch: int) -> li
     first, a new shape): in torch 2.13 `torch.compile(options=...)` does not reach freezing.
 
     Always `freezing`: the weights become constants of the graph, prepacked once. On a CPU,
-    also Inductor's C++ GEMM template (`CPP_GEMM`, its only GEMM backend, so nothing is
-    chosen by timing and the kernels do not change between runs): its micro-kernels read a
-    batch-1 step's weights at 26-30 GB/s where MKL's packed sgemm reads 20 and the unpacked
-    `F.linear` 10 (2-core AMD EPYC, docs/results.md). Measured there, the template is 1.7x
-    (bf16) and 2.2x (fp32) oneDNN/MKL's speed at batch 1 and 2.2x in fp32 at batch 8, but
-    0.6x in bf16 at batch 8, which keeps oneDNN."""
+    also Inductor's C++ GEMM template (`CPP_GEMM`, its only GEMM backend, so no kernel is
+    chosen by timing and the kernels do not change between runs): its micro-kernels, fused
+    with their epilogues, read a batch-1 step's weights far closer to the memory bandwidth
+    than MKL's packed sgemm and oneDNN. On a 2-core AMD EPYC it made the batch-1 step
+    1.6-2.4x faster in fp32 and bf16 and the batch-8 step 2.1-2.5x in fp32, but not the
+    batch-8 step in bf16, which keeps oneDNN (docs/results.md, "Inductor's C++ GEMM
+    template"; `benchmarks/decode.py --steps frozen,cpp`)."""
     if device.type == "cpu" and (dtype == torch.float32 or batch == 1):
         return [FROZEN | CPP_GEMM, FROZEN]
     return [FROZEN]
