@@ -115,12 +115,12 @@ ANCHOR_GUARD = "self._modules['model']._modules['token_emb']._parameters['weight
 
 def _weight_guards_off(guards) -> list[bool]:
     """Which of dynamo's guards to keep: all but the identity of every parameter and the
-    emptiness of every module's hook dicts, which cost about a quarter of a millisecond per
-    token at berry-q0 (torch.profiler's "TorchDynamo Cache Lookup": 0.26 ms of a 4-5 ms bf16
-    step). `_compiled_step` already keys the step on every parameter's storage, version and
-    dtype, so those guards repeat it; one parameter's identity is kept, because the compiled
-    code is shared by every model's `_Step` and that guard is what sends each model to its
-    own graph (tested)."""
+    emptiness of every module's hook dicts, several hundred checks that dynamo would run
+    before every token (its "TorchDynamo Cache Lookup" is still 0.26 ms of a 4-5 ms bf16
+    step at berry-q0 without them: `benchmarks/decode.py --profile`). `_compiled_step`
+    already keys the step on every parameter's storage, version and dtype, so those guards
+    repeat it; one parameter's identity is kept, because the compiled code is shared by
+    every model's `_Step` and that guard is what sends each model to its own graph (tested)."""
     return [not ((g.guard_type == "ID_MATCH" and "._parameters[" in g.name and g.name != ANCHOR_GUARD)
                  or g.guard_type == "EMPTY_NN_MODULE_HOOKS_DICT") for g in guards]
 
@@ -148,7 +148,7 @@ def decode_step(model, cache, compile: bool = False):
     `torch.compile` over a StaticCache (one shape for the whole generation, so one graph,
     reused by later calls of the same shapes), with the weights frozen into the graph and
     prepacked (`_Step`, `inductor_options`): it fuses the small per-token ops and runs the
-    matrix-vector products as prepacked GEMMs (on a 2-core AMD EPYC, 2.5-3x the eager step at
+    matrix-vector products as prepacked GEMMs (on a 2-core AMD EPYC, 2.7-3.7x the eager step at
     batch 1; docs/results.md). The first call compiles (tens of seconds on a small CPU;
     benchmarks/decode.py), and so does the first call after the weights change; where the
     compiler fails (no C compiler, an unsupported platform) it warns, tries the next of
