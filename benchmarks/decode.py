@@ -14,16 +14,21 @@ the prefill (time to first token); every row counts. On a shared machine the ban
 moves by half within minutes (every reading is in `--out`'s rows), so a row pairs each
 timed generation with a bandwidth reading taken just before it, and reports the median of
 `--repeats` such pairs by fraction of the bound (after one generation that warms up and
-compiles).
+compiles). The step kinds of one model, dtype and batch take turns, one generation each per
+round, so that drift falls on all of them alike; "÷" is the median over rounds of a kind's
+rate divided by the first kind's in the same round. A last table puts every row's median
+rate against the bound at the run's median bandwidth reading.
 
     python benchmarks/decode.py                               # berry-q0, batch 1 and 8, fp32 and bf16
     python benchmarks/decode.py --variants qcompass --dtypes fp32 --batches 1 --steps eager
 
 `--steps` picks the decode steps timed: `eager` (the engine's default, plain PyTorch),
 `compiled` (`stream(..., compile=True)`: the compiled static-shape step with the Inductor
-settings `quatrix.static_decode.inductor_options` picks), and two fixed settings of that
-step: `frozen` (freezing alone: weights prepacked for MKL / oneDNN, the compiled step before
-the C++ GEMM template) and `cpp` (freezing and the template, at every batch and dtype). Every
+settings `quatrix.static_decode.inductor_options` picks, dynamo checking only the guards
+that tell its graphs apart after the first step), `guarded` (that step with every guard
+checked at every step), and two fixed settings of it: `frozen` (freezing alone: weights
+prepacked for MKL / oneDNN, the compiled step before the C++ GEMM template) and `cpp`
+(freezing and the template, at every batch and dtype, without concatenated linears). Every
 run checks the first step's cached greedy tokens against one forward pass over the whole
 sequence (fp32 weights: equal tokens), and the others' against the first's.
 
@@ -35,9 +40,11 @@ weights, and how far they agree.
 
     python benchmarks/decode.py --agreement runs/full-size/run/checkpoint
 
-`--profile`: one compiled batch-1 decode step under torch.profiler, kernel by kernel.
+`--profile`: one compiled batch-1 decode step under torch.profiler, kernel by kernel
+(`--step` any of the compiled kinds above).
 
     python benchmarks/decode.py --profile --variant qcompass --dtype bf16
+    python benchmarks/decode.py --profile --variant mha --dtype bf16 --step guarded
 
 `--cache-table`: the older comparison (small preset, 512-token prompt, 256 new tokens): the
 engine's cache against recomputing the whole sequence per token, and cache bytes of
@@ -50,8 +57,10 @@ Q-Compass and SAVO against `mha`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -157,26 +166,69 @@ def bytes_per_step(model: QuatrixLM, batch: int, mean_len: float) -> float:
     return weights + cache
 
 
-STEPS = {  # --steps: the Inductor settings a compiled step is held to (None: as the engine picks)
-    "eager": None, "compiled": None,
-    "frozen": [static_decode.FROZEN], "cpp": [static_decode.FROZEN | static_decode.CPP_GEMM],
+STEPS = {  # --steps: what a compiled step is held to: Inductor settings, every guard (absent: as the engine does)
+    "eager": None, "compiled": {}, "guarded": {"every_guard": True},
+    "frozen": {"options": [static_decode.FROZEN]}, "cpp": {"options": [static_decode.FROZEN | static_decode.CPP_GEMM]},
 }
 
 
 def timed_decode(model: QuatrixLM, prompts: torch.Tensor, steps: int, step: str) -> tuple[list, float]:
     """(greedy tokens, decode seconds after the first token) through `quatrix.engine.stream`."""
     new, start = [], None
-    pick = static_decode.inductor_options
-    if STEPS[step] is not None:
-        static_decode.inductor_options = lambda device, dtype, batch: STEPS[step]
+    held = STEPS[step] or {}
+    pick, known = static_decode.inductor_options, static_decode._known_graph
+    if "options" in held:
+        static_decode.inductor_options = lambda device, dtype, batch: held["options"]
+    if held.get("every_guard"):
+        static_decode._known_graph = contextlib.nullcontext
     try:
         for tokens, _ in stream(model, prompts, steps, temperature=0, compile=step != "eager"):
             if start is None:
                 start = time.perf_counter()
             new.append(tokens)
     finally:
-        static_decode.inductor_options = pick
+        static_decode.inductor_options, static_decode._known_graph = pick, known
     return torch.stack(new, 1).tolist(), time.perf_counter() - start
+
+
+def interleaved(model: QuatrixLM, prompts: torch.Tensor, new_tokens: int, steps: list[str], repeats: int) -> dict:
+    """{step: (first run s, [(tokens, tok/s, bandwidth)] * repeats)}: every step kind warmed up
+    (and compiled) on its own copy of the model, so that their graphs live side by side, then
+    `repeats` rounds of one generation per kind, each after a bandwidth reading: the machine's
+    drift over minutes falls on every kind alike, and a kind's rate can be divided by the
+    first kind's in the same round."""
+    torch._dynamo.reset()  # each model and shape is a new graph; dynamo keeps 8 per function
+    models = {step: model if step == "eager" else copy.deepcopy(model) for step in steps}
+    first = {}
+    for step in steps:
+        start = time.perf_counter()
+        timed_decode(models[step], prompts, new_tokens, step)  # warm-up (and compile)
+        first[step] = time.perf_counter() - start
+    runs = {step: [] for step in steps}
+    batch = prompts.shape[0]
+    for _ in range(repeats):
+        for step in steps:
+            bandwidth = read_bandwidth(3)
+            tokens, seconds = timed_decode(models[step], prompts, new_tokens, step)
+            runs[step].append((tokens, batch * (new_tokens - 1) / seconds, bandwidth))
+    return {step: (first[step], runs[step]) for step in steps}
+
+
+def at_median(rows: list[dict], baseline: str) -> None:
+    """Every row's median rate against the bound at the run's median bandwidth reading: the
+    machine's typical bandwidth, against which a generation that drew an outlying reading
+    (the 1 GiB sum reads 26-58 GB/s within one run on a shared VM) is not judged alone."""
+    readings = [e["bandwidth"] for r in rows for e in r["each"]]
+    median = statistics.median(readings)
+    print(f"\nAt the run's median bandwidth, {median / 1e9:.1f} GB/s ({len(readings)} readings, "
+          f"{min(readings) / 1e9:.1f}-{max(readings) / 1e9:.1f}):\n")
+    print(f"| mixer | weights | batch | step | median tok/s | ÷ {baseline} | of bound |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        rate = statistics.median(e["tokens_per_s"] for e in r["each"])
+        r["fraction_at_run_median"] = rate * r["bytes_per_step"] / (r["batch"] * median)
+        print(f"| {r['mixer']} | {r['weights']} | {r['batch']} | {r['step']} | {rate:.1f} | {r['ratio']:.2f} | "
+              f"{r['fraction_at_run_median']:.0%} |")
 
 
 @torch.no_grad()
@@ -205,9 +257,11 @@ def bound_table(argv: list[str]) -> None:
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} preset={args.preset} (vision off) "
           f"prompt={args.prompt_len} new={args.new_tokens} greedy; per row the median of {args.repeats} "
           f"(bandwidth, generation) pairs\n")
-    print("| mixer | weights | batch | step | tok/s | read GB/s | bound tok/s | of bound | first run s | same tokens |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+    print(f"| mixer | weights | batch | step | tok/s | ÷ {args.steps.split(',')[0]} | read GB/s | bound tok/s | "
+          "of bound | first run s | same tokens |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
     rows = []
+    steps = args.steps.split(",")
     for name in args.variants.split(","):
         torch.manual_seed(0)
         base = QuatrixLM(preset(args.preset, use_vision=False, **variant_overrides(name, HEADS))).eval()
@@ -217,17 +271,9 @@ def bound_table(argv: list[str]) -> None:
                 torch.manual_seed(1)
                 prompts = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len))
                 nbytes = bytes_per_step(model, batch, args.prompt_len + args.new_tokens / 2)
+                timings = interleaved(model, prompts, args.new_tokens, steps, args.repeats)
                 reference = None
-                for step in args.steps.split(","):
-                    torch._dynamo.reset()  # each model and shape is a new graph; dynamo keeps 8 per function
-                    start = time.perf_counter()
-                    timed_decode(model, prompts, args.new_tokens, step)  # warm-up (and compile)
-                    first = time.perf_counter() - start
-                    runs = []  # (tokens, tok/s, bandwidth): each generation with the bandwidth of its moment
-                    for _ in range(args.repeats):
-                        bandwidth = read_bandwidth(3)
-                        tokens, seconds = timed_decode(model, prompts, args.new_tokens, step)
-                        runs.append((tokens, batch * (args.new_tokens - 1) / seconds, bandwidth))
+                for step, (first, runs) in timings.items():
                     consistent = all(t == runs[0][0] for t, _, _ in runs)
                     tokens, rate, bandwidth = sorted(runs, key=lambda r: r[1] / r[2])[len(runs) // 2]  # the median pair
                     bound = batch * bandwidth / nbytes
@@ -237,16 +283,19 @@ def bound_table(argv: list[str]) -> None:
                     else:
                         same = tokens == reference
                     same = same if consistent else False  # a step that decodes differently on a rerun fails
-                    inductor = None if step == "eager" else STEPS[step] or \
+                    baseline = timings[steps[0]][1]  # the same round's generation of the first step kind
+                    ratio = statistics.median(r[1] / b[1] for r, b in zip(runs, baseline))
+                    inductor = None if step == "eager" else STEPS[step].get("options") or \
                         static_decode.inductor_options(prompts.device, model.head.weight.dtype, batch)
                     row = dict(mixer=name, weights=dtype_name, batch=batch, step=step, inductor=inductor,
                                tokens_per_s=rate, each=[dict(tokens_per_s=r, bandwidth=b) for _, r, b in runs],
-                               bound=bound, fraction=rate / bound, first_run_s=first,
-                               same_tokens=same, bandwidth=bandwidth)
+                               bound=bound, fraction=rate / bound, first_run_s=first, ratio=ratio,
+                               same_tokens=same, bandwidth=bandwidth, bytes_per_step=nbytes)
                     rows.append(row)
-                    print(f"| {name} | {dtype_name} | {batch} | {step} | {rate:.1f} | {bandwidth / 1e9:.1f} | "
-                          f"{bound:.1f} | {rate / bound:.0%} | {first:.1f} | {'-' if same is None else same} |",
-                          flush=True)
+                    print(f"| {name} | {dtype_name} | {batch} | {step} | {rate:.1f} | {ratio:.2f} | "
+                          f"{bandwidth / 1e9:.1f} | {bound:.1f} | {rate / bound:.0%} | {first:.1f} | "
+                          f"{'-' if same is None else same} |", flush=True)
+    at_median(rows, steps[0])
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
 
@@ -294,6 +343,7 @@ def profile(argv: list[str]) -> None:
     p.add_argument("--preset", default="berry-q0")
     p.add_argument("--variant", default="qcompass", choices=BENCHED)
     p.add_argument("--dtype", default="bf16", choices=DTYPES)
+    p.add_argument("--step", default="compiled", choices=[k for k in STEPS if k != "eager"])
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rows", type=int, default=12, help="kernels and ops listed")
     args = p.parse_args(argv)
@@ -302,12 +352,12 @@ def profile(argv: list[str]) -> None:
     model = QuatrixLM(preset(args.preset, use_vision=False, **variant_overrides(args.variant, HEADS)))
     model = model.eval().to(DTYPES[args.dtype])
     prompts = torch.randint(0, model.config.vocab_size, (1, 64))
-    timed_decode(model, prompts, args.new_tokens, "compiled")  # compiles
+    timed_decode(model, prompts, args.new_tokens, args.step)  # compiles
     with torch_profile() as prof:
-        timed_decode(model, prompts, args.new_tokens, "compiled")
+        timed_decode(model, prompts, args.new_tokens, args.step)
     steps = args.new_tokens - 1
-    print(f"{args.preset} {args.variant} {args.dtype}, batch 1: per token, over {steps} compiled steps "
-          f"(and one 64-token prefill)\n")
+    print(f"{args.preset} {args.variant} {args.dtype}, {args.step} step, batch 1: per token, over {steps} "
+          "compiled steps (and one 64-token prefill)\n")
     print("| kernel or op | calls per token | ms per token |")
     print("|---|---:|---:|")
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)

@@ -314,7 +314,34 @@ def test_a_failing_cpp_gemm_template_compiles_without_it(monkeypatch):
         tokens = generate(model, PROMPTS, 8, temperature=0, compile=True).tokens
     assert tokens == generate(model, PROMPTS, 8, temperature=0).tokens
     assert len(caught) == 1 and vars(model)[static_decode.COMPILED_ATTR][1] is not None  # compiled, not eager
-    assert all(c["freezing"] for c in calls) and not any(c["max_autotune"] for c in calls[1:])
+    # the settings are patched around the calls that may compile: the template's, then freezing's alone
+    assert calls[0]["freezing"] and calls[0]["max_autotune"] and calls[1]["freezing"] and not calls[1]["max_autotune"]
+    assert len(calls) == 8  # the failed call and the 7 decode steps
+
+
+def test_compiled_steps_after_the_first_check_only_the_guards_that_tell_graphs_apart(monkeypatch):
+    """The first compiled step may compile, so dynamo checks every guard; the later ones run
+    the graph it found under skip_guard_eval_unsafe, unless the caller set a stance of its own."""
+    seen = []
+
+    def recording(module, **kwargs):
+        def run(tokens, cache):
+            stance = torch._dynamo.eval_frame._stance
+            seen.append((stance.stance, stance.skip_guard_eval_unsafe))
+            return module(tokens, cache)
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording)
+    torch.manual_seed(0)
+    model = QuatrixLM(tiny_config()).eval()
+    tokens = generate(model, PROMPTS, 5, temperature=0, compile=True).tokens
+    assert tokens == generate(model, PROMPTS, 5, temperature=0).tokens
+    assert seen == [("default", False)] + [("default", True)] * 3  # 4 decode steps after the prefill
+    assert not torch._dynamo.eval_frame._stance.skip_guard_eval_unsafe  # restored after each step
+    seen.clear()
+    with torch.compiler.set_stance("eager_on_recompile"):
+        generate(model, PROMPTS, 5, temperature=0, compile=True)
+    assert seen == [("eager_on_recompile", False)] * 4
 
 
 def test_bf16_weights_take_images_and_waveforms():

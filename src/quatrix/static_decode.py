@@ -5,6 +5,7 @@ wraps without importing."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -83,6 +84,7 @@ COMPILED_ATTR = "_quatrix_compiled_decode"  # on the model: (weights' identity, 
 
 FROZEN = {"freezing": True}
 CPP_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP"}
+CONCAT_LINEAR = {"cpp.enable_concat_linear": True}  # frozen projections of one input as one GEMM
 
 
 def inductor_options(device: torch.device, dtype: torch.dtype, batch: int) -> list[dict]:
@@ -97,10 +99,16 @@ def inductor_options(device: torch.device, dtype: torch.dtype, batch: int) -> li
     than MKL's packed sgemm and oneDNN. On a 2-core AMD EPYC it made the batch-1 step
     1.6-2.4x faster in fp32 and bf16 and the batch-8 step 2.1-2.5x in fp32, but not the
     batch-8 step in bf16, which keeps oneDNN (docs/results.md, "Inductor's C++ GEMM
-    template"; `benchmarks/decode.py --steps frozen,cpp`)."""
-    if device.type == "cpu" and (dtype == torch.float32 or batch == 1):
-        return [FROZEN | CPP_GEMM, FROZEN]
-    return [FROZEN]
+    template"; `benchmarks/decode.py --steps frozen,cpp`). Also on a CPU, frozen matmuls of
+    one input are concatenated into one (`CONCAT_LINEAR`): attention's q, k and v
+    projections become one GEMM, as Q-Compass's W_s and W_a already are (`QCompass.project`),
+    so that the baselines are compiled on equal terms: 14 GEMMs per berry-q0 `mha` step
+    instead of 28 (`benchmarks/decode.py --profile --variant mha --step cpp`), the same tokens."""
+    if device.type != "cpu":
+        return [FROZEN]
+    if dtype == torch.float32 or batch == 1:
+        return [FROZEN | CONCAT_LINEAR | CPP_GEMM, FROZEN]
+    return [FROZEN | CONCAT_LINEAR, FROZEN]
 
 
 def _weights_key(model) -> tuple:
@@ -141,6 +149,22 @@ def _compiled_step(model):
     return entry[1]
 
 
+def _known_graph():
+    """Around every compiled step after the first: dynamo runs only the guards that tell its
+    graphs apart (`skip_guard_eval_unsafe`), since the step's inputs are those of the step
+    before, the same StaticCache and a new [B] token tensor, so the graph the first step
+    found or compiled is the one to run. What remains of dynamo's guards (`_weight_guards_off`)
+    is still checked in full before every step without it: at berry-q0 on a 2-core AMD EPYC
+    the step ran 0.98-1.08x (median 1.03x) as fast with it as with every guard checked,
+    round by round (docs/results.md; `benchmarks/decode.py --steps guarded,compiled`). A
+    caller's own stance (`torch.compiler.set_stance`) is left alone. The stance is
+    process-wide while the step runs: a thread compiling something else meanwhile would see it."""
+    stance = getattr(torch._dynamo.eval_frame, "_stance", None)  # private in torch 2.13: guarded
+    if stance is None or stance.stance != "default" or stance.skip_guard_eval_unsafe or stance.backend is not None:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+
+
 def decode_step(model, cache, compile: bool = False):
     """The step function `stream` calls once per new token: [B] tokens -> [B, V] logits.
 
@@ -148,7 +172,7 @@ def decode_step(model, cache, compile: bool = False):
     `torch.compile` over a StaticCache (one shape for the whole generation, so one graph,
     reused by later calls of the same shapes), with the weights frozen into the graph and
     prepacked (`_Step`, `inductor_options`): it fuses the small per-token ops and runs the
-    matrix-vector products as prepacked GEMMs (on a 2-core AMD EPYC, 2.7-3.7x the eager step at
+    matrix-vector products as prepacked GEMMs (on a 2-core AMD EPYC, 3.1-3.9x the eager step at
     batch 1; docs/results.md). The first call compiles (tens of seconds on a small CPU;
     benchmarks/decode.py), and so does the first call after the weights change; where the
     compiler fails (no C compiler, an unsupported platform) it warns, tries the next of
@@ -161,13 +185,15 @@ def decode_step(model, cache, compile: bool = False):
     static = StaticCache(cache)
     fn = _compiled_step(model)
     options = inductor_options(static.slot.device, next(model.parameters()).dtype, static.key_mask.shape[0])
+    steady = False  # a compiled step has run: every later one has its inputs' shapes, so its graph
 
     def step(tokens: Tensor) -> Tensor:
-        nonlocal fn, options
+        nonlocal fn, options, steady
         while fn is not None:
             try:
-                with torch._inductor.config.patch(**options[0]):
+                with _known_graph() if steady else torch._inductor.config.patch(**options[0]):
                     logits = fn(tokens, static)
+                steady = True
                 static.advance()
                 return logits
             except Exception as e:  # noqa: BLE001 - a compiler failure tries the next settings, then eager
