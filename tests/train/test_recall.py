@@ -40,10 +40,21 @@ def test_the_study_writes_its_table_and_figure_and_resumes(tmp_path, capsys):
     for record in results["cells"]:
         assert {"variant", "d_model", "seq_len", "kv_pairs", "lr", "seed", "accuracy", "steps", "params",
                 "wall_s"} <= set(record) and 0 <= record["accuracy"] <= 1 and record["steps"] == 4
+    for record in results["cells"]:  # each evaluation, in the record and in the cell's file as it trained
+        curve = record["curve"]
+        assert [p["step"] for p in curve] == [2, 4] and curve[0]["lr"] > curve[1]["lr"] > 0
+        assert max(p["accuracy"] for p in curve) == record["accuracy"] and curve[-1]["accuracy"] == record[
+            "final_accuracy"]
+        assert all(p["loss"] > 0 for p in curve) and curve[0]["seconds"] <= curve[1]["seconds"]
+        cell = Cell(TASK, record["variant"], 32, record["lr"], 0)
+        lines = (tmp_path / "cells" / cell.file_name).read_text().splitlines()
+        assert [json.loads(line) for line in lines] == curve
+    assert len(list((tmp_path / "cells").iterdir())) == 4 and "|" not in cell.file_name
     best = best_by_cell(results["cells"])
     table = (tmp_path / "results.md").read_text()
     assert f"| attention, full rank | {best[(TASK, 'mha', 32)]:.3f} |" in table
     assert (tmp_path / "recall.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert main(argv) == 0  # finished cells are not trained again
     assert "4 already done, 0 to train" in capsys.readouterr().out
@@ -75,6 +86,19 @@ def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
     (tmp_path / "results.json").write_text('{"cells": [')
     assert main(argv) != 0
     assert "results.json is damaged" in capsys.readouterr().err
+
+
+def test_the_curves_drawn_are_the_best_rates_and_records_without_one_are_skipped():
+    from quatrix.train.recall import best_curves
+
+    def record(lr, accuracy, seed=0, curve=True):
+        return {"task": TASK, "variant": "qcompass", "d_model": 64, "lr": lr, "seed": seed, "accuracy": accuracy,
+                "curve": [{"step": 1, "accuracy": accuracy}] if curve else None}
+
+    records = [record(1e-3, 0.5), record(1e-2, 0.9), record(1e-1, 0.95, seed=1), record(1e-4, 1.0, curve=False)]
+    chosen = best_curves(records)
+    assert [r["lr"] for r in chosen[TASK]] == [1e-2]
+    assert best_curves([record(1e-4, 1.0, curve=False)]) == {}
 
 
 def test_a_row_keeps_its_color_in_every_panel():

@@ -15,8 +15,12 @@ r = d_model / 4 (--rank-rule quarter) or r = d_model (full), or both (--rank-rul
 one more row per ranked variant), since rank is the knob it adds; full attention has no rank.
 
 Cells run one at a time, or `--jobs N` at once (each with 1 thread; their wall-clock then
-says less). Each finished cell is written to results.json at once, so an interrupted study
-resumes with the cells it has not finished; resuming with another training recipe (epochs,
+says less). A cell in training appends each evaluation (step, seconds, mean training loss since
+the last one, test accuracy, learning rate) to OUT/cells/<cell>.jsonl and shows its progress, so
+a long cell, or one stopped before its end, still says how far it got; curves.png draws every
+finished cell's accuracy against steps. Each finished cell is written to results.json at once,
+with its curve, so an interrupted study resumes with the cells it has not finished (a cell cut
+short starts again, its curve file anew); resuming with another training recipe (epochs,
 batch size, depth, ...) is refused, naming the fields that differ, so that one table never
 mixes two recipes.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,9 +41,11 @@ from quatrix.config import QuatrixConfig
 from quatrix.data.mqar import MQARSpec, recall_accuracy
 from quatrix.io import atomic_path, atomic_write_text
 from quatrix.model import QuatrixLM
+from quatrix.progress import Progress
 from quatrix.variants import VARIANTS, variant
 
 RESULTS = "results.json"
+CURVES = "cells"  # OUT/cells/<cell>.jsonl: one line per evaluation of a cell, written as it trains
 RANK_RULES = ("quarter", "full")
 EARLY_STOP = 0.99
 
@@ -62,6 +69,11 @@ class Cell:
         """The table row: the variant, and its rank rule where it is not the default."""
         return self.variant if self.rank_rule == "quarter" else f"{self.variant}|r={self.rank_rule}"
 
+    @property
+    def file_name(self) -> str:
+        """The key with every character a file name should not hold replaced by '_'."""
+        return re.sub(r"[^A-Za-z0-9.=+-]+", "_", self.key) + ".jsonl"
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -80,8 +92,9 @@ def cell_config(cell: Cell, spec: MQARSpec, recipe: Recipe) -> QuatrixConfig:
                          **variant(cell.variant).overrides(recipe.heads))
 
 
-def train_cell(cell: Cell, recipe: Recipe, threads: int | None = None) -> dict:
-    """Train one cell to the end of its epochs or the early stop; its record."""
+def train_cell(cell: Cell, recipe: Recipe, threads: int | None = None, curve_dir: Path | None = None) -> dict:
+    """Train one cell to the end of its epochs or the early stop; its record, with its curve (one
+    entry per evaluation), which is also appended to curve_dir/<cell>.jsonl as it is measured."""
     if threads:
         torch.set_num_threads(threads)
     spec = MQARSpec.parse(cell.task)
@@ -95,26 +108,44 @@ def train_cell(cell: Cell, recipe: Recipe, threads: int | None = None) -> dict:
     steps_per_epoch = math.ceil(len(train_x) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     order = torch.Generator().manual_seed(cell.seed)
-    start, step, accuracy, best = time.perf_counter(), 0, 0.0, 0.0
+    curve_path = None
+    if curve_dir is not None:
+        curve_dir.mkdir(parents=True, exist_ok=True)
+        curve_path = curve_dir / cell.file_name
+        curve_path.write_text("")  # a cell cut short earlier starts its curve anew
+    progress = Progress(cell.key, 0, total)
+    curve: list[dict] = []
+    start, step, accuracy, best, losses = time.perf_counter(), 0, 0.0, 0.0, []
     while step < total and best < EARLY_STOP:
         perm = torch.randperm(len(train_x), generator=order)
         for rows in perm.split(recipe.batch_size):
-            for group in optimizer.param_groups:  # cosine from lr to 0 over the whole run
-                group["lr"] = cell.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            lr = cell.lr * 0.5 * (1 + math.cos(math.pi * step / total))  # cosine from lr to 0 over the whole run
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             loss = model(train_x[rows], labels=train_y[rows], check_values=False)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            losses.append(loss.item())
             step += 1
             if step % recipe.eval_every == 0 or step == total:
                 accuracy = recall_accuracy(model, test_x, test_y)
                 best = max(best, accuracy)
+                point = {"step": step, "seconds": round(time.perf_counter() - start, 2),
+                         "loss": sum(losses) / len(losses), "accuracy": accuracy, "lr": lr}
+                curve.append(point)
+                losses = []
+                if curve_path is not None:
+                    with open(curve_path, "a") as f:
+                        f.write(json.dumps(point) + "\n")
+                progress.update(step, {"accuracy": accuracy, "loss": point["loss"]})
                 if best >= EARLY_STOP or step == total:
                     break
+    progress.close()
     return {**asdict(cell), "seq_len": spec.seq_len, "kv_pairs": spec.kv_pairs, "accuracy": best,
             "final_accuracy": accuracy, "steps": step, "params": model.num_parameters(),
-            "q_rank": model.config.q_rank, "wall_s": time.perf_counter() - start}
+            "q_rank": model.config.q_rank, "wall_s": time.perf_counter() - start, "curve": curve}
 
 
 def run_study(cells: list[Cell], recipe: Recipe, out: Path, jobs: int = 1, log=print) -> list[dict]:
@@ -148,11 +179,12 @@ def run_study(cells: list[Cell], recipe: Recipe, out: Path, jobs: int = 1, log=p
 
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            for cell, record in zip(todo, pool.map(train_cell, todo, [recipe] * len(todo), [1] * len(todo))):
+            records = pool.map(train_cell, todo, [recipe] * len(todo), [1] * len(todo), [out / CURVES] * len(todo))
+            for cell, record in zip(todo, records):
                 keep({**record, "key": cell.key})
     else:
         for cell in todo:
-            keep({**train_cell(cell, recipe), "key": cell.key})
+            keep({**train_cell(cell, recipe, curve_dir=out / CURVES), "key": cell.key})
     return list(done.values())
 
 
@@ -232,6 +264,51 @@ def plot_recall(records: list[dict], png: Path) -> None:
     plt.close(fig)
 
 
+def best_curves(records: list[dict]) -> dict[str, list[dict]]:
+    """Per task, the record with a curve that has the best accuracy of each (row, d_model): the
+    learning rate the table reports (the first seed's run where there are several)."""
+    chosen: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("curve"):
+            key = (r["task"], row(r), r["d_model"])
+            held = chosen.get(key)
+            if held is None or (r["seed"], -r["accuracy"]) < (held["seed"], -held["accuracy"]):
+                chosen[key] = r
+    by_task: dict[str, list[dict]] = {}
+    for (task, _, _), r in sorted(chosen.items(), key=lambda item: (item[0][0], item[0][2])):
+        by_task.setdefault(task, []).append(r)
+    return by_task
+
+
+def plot_recall_curves(records: list[dict], png: Path) -> None:
+    """Test accuracy against training steps of each (variant, width)'s best cell, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_task, colors = best_curves(records), row_colors(records)
+    if not by_task:
+        return
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(by_task), figsize=(4.5 * len(by_task), 3.6), squeeze=False)
+    for ax, (task, chosen) in zip(axes[0], by_task.items()):
+        widths = sorted({r["d_model"] for r in chosen})
+        for r in chosen:
+            curve = r["curve"]
+            ax.plot([p["step"] for p in curve], [p["accuracy"] for p in curve], styles[widths.index(r["d_model"]) % 4],
+                    color=colors[row(r)], label=f"{label(row(r))}, d={r['d_model']}, lr {r['lr']:g}")
+        spec = MQARSpec.parse(task)
+        ax.set(xlabel="training step", ylabel="test accuracy", ylim=(-0.02, 1.02),
+               title=f"L={spec.seq_len}, K={spec.kv_pairs}, V={spec.vocab}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def main(args) -> int:
     """The study from `quatrix ablate --task mqar:...` flags."""
     def numbers(text: str, kind, flag: str) -> list:
@@ -260,5 +337,6 @@ def main(args) -> int:
     records = run_study(cells, recipe, out, jobs=args.jobs)
     atomic_write_text(out / "results.md", results_markdown(records, recipe) + "\n")
     plot_recall(records, out / "recall.png")
-    print(f"results: {out / 'results.md'}, {out / RESULTS}, {out / 'recall.png'}")
+    plot_recall_curves(records, out / "curves.png")
+    print(f"results: {out / 'results.md'}, {out / RESULTS}, {out / 'recall.png'}, {out / 'curves.png'}")
     return 0
