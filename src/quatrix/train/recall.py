@@ -236,6 +236,21 @@ def row_colors(records: list[dict]) -> dict[str, str]:
     return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(row(r) for r in records))}
 
 
+def panel_title(task: str) -> str:
+    spec = MQARSpec.parse(task)
+    return f"L={spec.seq_len}, K={spec.kv_pairs}, V={spec.vocab}"
+
+
+def _save(fig, png: Path) -> None:
+    """Lay the figure out, write it atomically, free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def plot_recall(records: list[dict], png: Path) -> None:
     """Accuracy against d_model, one line per variant, one panel per task: Zoology's Figure 2."""
     import matplotlib
@@ -250,18 +265,13 @@ def plot_recall(records: list[dict], png: Path) -> None:
         for name in dict.fromkeys(row(r) for r in records if r["task"] == task):
             widths = sorted(w for (t, n, w) in best if t == task and n == name)
             ax.plot(widths, [best[(task, name, w)] for w in widths], "o-", color=colors[name], label=label(name))
-        spec = MQARSpec.parse(task)
-        ax.set(xscale="log", xlabel="d_model", ylabel="accuracy", ylim=(-0.02, 1.02),
-               title=f"L={spec.seq_len}, K={spec.kv_pairs}, V={spec.vocab}")
+        ax.set(xscale="log", xlabel="d_model", ylabel="accuracy", ylim=(-0.02, 1.02), title=panel_title(task))
         ax.set_xticks(sorted({w for (t, _, w) in best if t == task}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, png)
 
 
 def best_curves(records: list[dict]) -> dict[str, list[dict]]:
@@ -298,15 +308,10 @@ def plot_recall_curves(records: list[dict], png: Path) -> None:
             curve = r["curve"]
             ax.plot([p["step"] for p in curve], [p["accuracy"] for p in curve], styles[widths.index(r["d_model"]) % 4],
                     color=colors[row(r)], label=f"{label(row(r))}, d={r['d_model']}, lr {r['lr']:g}")
-        spec = MQARSpec.parse(task)
-        ax.set(xlabel="training step", ylabel="test accuracy", ylim=(-0.02, 1.02),
-               title=f"L={spec.seq_len}, K={spec.kv_pairs}, V={spec.vocab}")
+        ax.set(xlabel="training step", ylabel="test accuracy", ylim=(-0.02, 1.02), title=panel_title(task))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, png)
 
 
 def main(args) -> int:
