@@ -40,7 +40,7 @@ test: $(STAMP)
 	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
 	  echo "note: no Chromium (apt-get install chromium): the web-chat browser test will be skipped"
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=20 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/mixer.py --long-context 4096

@@ -11,6 +11,13 @@ from quatrix.variants import VARIANTS
 # not this machine computes bf16 natively (tests/test_precision.py covers the automatic choice).
 os.environ[DTYPE_ENV] = "fp32"
 
+# `make test` runs the suite in pytest-xdist workers, one per core, each computing on one thread
+# (subprocesses included): two-thread workers would oversubscribe the cores, and a run on one
+# thread sums in one order whatever the machine's load (docs/results.md, "A drift under load").
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # Every model variant of the registry: (name, config overrides), multi-head ones with 4 heads.
 MIXER_VARIANTS = [(name, variant.overrides(4)) for name, variant in VARIANTS.items()]
 
