@@ -18,6 +18,7 @@ directly. See docs/design.md §4, "Memory planning".
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from dataclasses import dataclass, replace
 from unittest import mock
@@ -269,32 +270,39 @@ def _count(plan: StepPlan, device: str) -> dict:
 def max_batch_size(plan: StepPlan, budget: int, limit: int = 4096) -> int:
     """The largest micro-batch whose predicted peak fits `budget` bytes (0 if none does).
 
-    The peak grows about linearly with the micro-batch, so the peaks at 1 and 2 give a first
-    guess; a galloping search from it brackets the edge and bisection finds it exactly."""
-    def fits(b: int) -> bool:
-        return predict(with_changes(plan, batch_size=b))["peak_bytes"] <= budget
+    Past the first few samples the peak grows linearly with the micro-batch, so a secant
+    step through the two newest predictions lands on the edge or beside it. `low` (fits) and
+    `high` (does not) bracket the edge and every guess falls strictly inside, so the bracket
+    shrinks each time; where the peak does not grow (it can dip between the first few sizes)
+    the guess doubles instead, and after SECANT_STEPS guesses the bracket is bisected, which
+    bounds the count whatever the curve. `tiny` at 64 tokens under 1 GiB takes 6 predictions (galloping
+    from the first two took 14; each is a whole step on fake tensors, seconds on a CPU)."""
+    peaks: dict[int, int] = {}
 
-    one = predict(with_changes(plan, batch_size=1))["peak_bytes"]
-    if one > budget:
+    def peak(b: int) -> int:
+        if b not in peaks:
+            peaks[b] = predict(with_changes(plan, batch_size=b))["peak_bytes"]
+        return peaks[b]
+
+    if peak(1) > budget:
         return 0
-    slope = max(1, predict(with_changes(plan, batch_size=2))["peak_bytes"] - one)
-    guess = int(min(limit, max(1, 1 + (budget - one) // slope)))
-    step = max(1, guess // 8)
-    if fits(guess):  # low fits, high does not (or is past the limit)
-        low, high = guess, guess + step
-        while high <= limit and fits(high):
-            low, step = high, step * 2
-            high = low + step
-        high = min(high, limit + 1)
-    else:
-        low, high = max(1, guess - step), guess
-        while low > 1 and not fits(low):
-            high, step = low, step * 2
-            low = max(1, low - step)
+    low, high, tried = 1, limit + 1, [1]
     while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid)
+        if len(tried) == 1:
+            x = 2
+        elif len(tried) > SECANT_STEPS:
+            x = (low + high) // 2
+        else:
+            a, b = tried[-2:]
+            slope = (peak(b) - peak(a)) / (b - a)
+            x = math.floor(b + (budget - peak(b)) / slope) if slope > 0 else 2 * b  # small batches can dip
+            x = min(max(x, low + 1), high - 1)
+        low, high = (x, high) if peak(x) <= budget else (low, x)
+        tried.append(x)
     return low
+
+
+SECANT_STEPS = 8
 
 
 def with_changes(plan: StepPlan, **changes) -> StepPlan:
