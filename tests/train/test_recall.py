@@ -91,14 +91,17 @@ def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
 def test_the_curves_drawn_are_the_best_rates_and_records_without_one_are_skipped():
     from quatrix.train.recall import best_curves
 
-    def record(lr, accuracy, seed=0, curve=True):
-        return {"task": TASK, "variant": "qcompass", "d_model": 64, "lr": lr, "seed": seed, "accuracy": accuracy,
-                "curve": [{"step": 1, "accuracy": accuracy}] if curve else None}
+    def record(lr, accuracy, seed=0, curve=True, seq_len=16):
+        task = TASK.replace("seq_len=16", f"seq_len={seq_len}")
+        return {"task": task, "variant": "qcompass", "d_model": 64, "lr": lr, "seed": seed, "accuracy": accuracy,
+                "seq_len": seq_len, "kv_pairs": 2, "curve": [{"step": 1, "accuracy": accuracy}] if curve else None}
 
     records = [record(1e-3, 0.5), record(1e-2, 0.9), record(1e-1, 0.95, seed=1), record(1e-4, 1.0, curve=False)]
     chosen = best_curves(records)
     assert [r["lr"] for r in chosen[TASK]] == [1e-2]
     assert best_curves([record(1e-4, 1.0, curve=False)]) == {}
+    longer = record(1e-3, 0.5, seq_len=128)  # a panel per task, the shortest first ("128" sorts before "16")
+    assert [r["seq_len"] for [r] in best_curves([longer, record(1e-3, 0.5)]).values()] == [16, 128]
 
 
 def test_a_row_keeps_its_color_in_every_panel():

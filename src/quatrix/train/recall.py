@@ -284,8 +284,13 @@ def best_curves(records: list[dict]) -> dict[str, list[dict]]:
             held = chosen.get(key)
             if held is None or (r["seed"], -r["accuracy"]) < (held["seed"], -held["accuracy"]):
                 chosen[key] = r
+
+    def shortest_first(item):  # then by width
+        (task, _, width), r = item
+        return r["seq_len"], r["kv_pairs"], task, width
+
     by_task: dict[str, list[dict]] = {}
-    for (task, _, _), r in sorted(chosen.items(), key=lambda item: (item[0][0], item[0][2])):
+    for (task, _, _), r in sorted(chosen.items(), key=shortest_first):
         by_task.setdefault(task, []).append(r)
     return by_task
 
