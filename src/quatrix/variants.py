@@ -29,6 +29,7 @@ VARIANTS: dict[str, Variant] = {
     "mh-savo": Variant("SAVO, multi-head", "qcompass", savo=True, multi_head=True),
     "mha_rank": Variant("attention at rank r", "mha_rank", multi_head=True),
     "mha": Variant("attention, full rank", "mha", multi_head=True),
+    "sha": Variant("attention, one head", "mha"),  # Zoology's attention baseline: full rank, one head
 }
 
 

@@ -4,6 +4,7 @@ import torch
 
 from conftest import tiny_config
 from quatrix import QuatrixLM
+from quatrix.attention import MultiHeadAttention
 from quatrix.cli import main
 from quatrix.data.mqar import MQARSpec
 from quatrix.engine import Cache
@@ -19,6 +20,9 @@ def test_cells_are_zoologys_models():
     assert cell_config(Cell(TASK, "qcompass", 64, 1e-3, 0, "full"), spec, Recipe()).q_rank == 64
     model = QuatrixLM(config)
     assert not any(".ffn." in name for name, _ in model.named_parameters())  # the MLP is the identity
+    attention = [m for m in QuatrixLM(cell_config(Cell(TASK, "sha", 64, 1e-3, 0), spec, Recipe())).modules()
+                 if isinstance(m, MultiHeadAttention)]  # Zoology's baseline: one head of full width
+    assert len(attention) == 2 and all((m.num_heads, m.inner) == (1, 64) for m in attention)
 
 
 def test_a_model_without_mlp_decodes_from_its_cache_as_it_recomputes():
@@ -61,15 +65,16 @@ def test_the_study_writes_its_table_and_figure_and_resumes(tmp_path, capsys):
 
 
 def test_both_rank_rules_give_a_row_each_and_full_attention_one(tmp_path):
-    argv = ["ablate", "--task", TASK, "--variants", "qcompass,mha", "--d-model", "32", "--lrs", "1e-2",
+    argv = ["ablate", "--task", TASK, "--variants", "qcompass,mha,sha", "--d-model", "32", "--lrs", "1e-2",
             "--seeds", "0", "--epochs", "1", "--batch-size", "64", "--eval-every", "2", "--rank-rule",
             "quarter,full", "--out", str(tmp_path)]
     assert main(argv) == 0
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]
-    assert sorted((c["variant"], c["q_rank"]) for c in cells) == [("mha", 8), ("qcompass", 8), ("qcompass", 32)]
+    assert sorted((c["variant"], c["q_rank"]) for c in cells) == [("mha", 8), ("qcompass", 8), ("qcompass", 32),
+                                                                            ("sha", 8)]
     table = (tmp_path / "results.md").read_text()
     assert "| Q-Compass (SAO) |" in table and "| Q-Compass (SAO), r = d_model |" in table
-    assert table.count("| attention, full rank |") == 1
+    assert table.count("| attention, full rank |") == table.count("| attention, one head |") == 1
 
 
 def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
