@@ -276,10 +276,12 @@ def max_batch_size(plan: StepPlan, budget: int, limit: int = 4096) -> int:
     Past the first few samples the peak grows linearly with the micro-batch, so a secant
     step through the two newest predictions lands on the edge or beside it. `low` (fits) and
     `high` (does not) bracket the edge and every guess falls strictly inside, so the bracket
-    shrinks each time; where the peak does not grow (it can dip between the first few sizes)
-    the guess doubles instead, and after SECANT_STEPS guesses the bracket is bisected, which
-    bounds the count whatever the curve. Each prediction is a whole step on fake tensors
-    (seconds on a CPU): for `tiny` this takes about half the predictions galloping did."""
+    shrinks each time; where the peak does not grow the guess doubles instead. (It dips where
+    the loss turns chunked: while a micro-batch's positions fit one chunk the plain loss
+    holds all their logits, about three buffers of them, and a chunked one only a chunk's.)
+    After SECANT_STEPS guesses the bracket is bisected, which bounds the count whatever the
+    curve. Each prediction is a whole step on fake tensors (seconds on a CPU): for `tiny`
+    this takes about half the predictions galloping did."""
     peaks: dict[int, int] = {}
 
     def peak(b: int) -> int:
